@@ -1,0 +1,19 @@
+"""CenterCLIP: token clustering for fast text-video retrieval, as a Transformers plug-in.
+
+Importing this package registers `CenterCLIPConfig`, `CenterCLIPModel` and `CenterCLIPProcessor` with the
+`AutoConfig` / `AutoModel` / `AutoProcessor` factories.
+"""
+
+from transformers import AutoConfig, AutoModel
+
+from .clustering import kmedoids, spectral_clustering
+from .configuration_centerclip import CenterCLIPConfig
+from .modeling_centerclip import CenterCLIPModel, CenterCLIPOutput
+
+AutoConfig.register("centerclip", CenterCLIPConfig, exist_ok=True)
+AutoModel.register(CenterCLIPConfig, CenterCLIPModel, exist_ok=True)
+# save_pretrained writes `auto_map` and copies this code, so Hub folders load with trust_remote_code=True.
+CenterCLIPConfig.register_for_auto_class()
+CenterCLIPModel.register_for_auto_class("AutoModel")
+
+__all__ = ["CenterCLIPConfig", "CenterCLIPModel", "CenterCLIPOutput", "kmedoids", "spectral_clustering"]
