@@ -5,6 +5,17 @@ from transformers import CLIPConfig
 
 CLUSTER_ALGOS = ("kmedoids", "spectral", "none")
 CLUSTER_DISTANCES = ("euclidean", "cosine")
+CENTERCLIP_FIELDS = (
+    "num_frames",
+    "cluster_algo",
+    "cluster_layer",
+    "num_segments",
+    "num_centers",
+    "cluster_distance",
+    "cluster_iters",
+    "spectral_sigma",
+    "spectral_knn",
+)
 
 
 @strict
@@ -47,6 +58,16 @@ class CenterCLIPConfig(CLIPConfig):
     cluster_iters: int = 100
     spectral_sigma: float | int = 2.0
     spectral_knn: int | None = None
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        # `from_pretrained(clip_checkpoint, num_segments=3, ...)`: Transformers sets such overrides after
+        # construction, which would skip validation and first validate the defaults against the checkpoint's
+        # architecture; merge them into the dict instead so the finished config is checked once.
+        overrides = {name: kwargs.pop(name) for name in CENTERCLIP_FIELDS if name in kwargs}
+        # A stock CLIP config.json says model_type "clip"; what loads into this class is a CenterCLIP config.
+        config_dict = {**config_dict, **overrides, "model_type": cls.model_type}
+        return super().from_dict(config_dict, **kwargs)
 
     @property
     def frames_per_segment(self) -> int:

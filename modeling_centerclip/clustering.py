@@ -1,0 +1,166 @@
+"""Token clustering for CenterCLIP: batched, deterministic k-medoids and spectral clustering.
+
+Pure tensor functions with no model code, so they can be tested and reused on any token set.
+Every function takes `tokens` of shape `[B, N, D]` and returns
+
+    assignment  [B, N]  int64, the cluster of each token (an index into `medoids`)
+    medoids     [B, K]  int64, token indices of the cluster centers, sorted ascending
+
+The clustering runs in fp32 under `torch.no_grad()` whatever the autocast state: callers gather the
+selected tokens themselves, so gradients flow through the kept tokens only.
+
+Ties always go to the lowest index, and nothing is random, so results are identical across runs, devices
+and batch splits. No `[B, K, N, N]` tensor is ever built: the k-medoids update is one
+masked `[B, N, N]` row sum, and convergence is checked on the host only every few iterations
+on accelerators (running past convergence is a no-op, so the result does not depend on it).
+"""
+
+import torch
+import torch.nn.functional as F
+
+# Distances of a token to itself are set below every real distance (also an exact duplicate's 0), so a token
+# is always strictly nearest to itself: chosen medoids are never re-chosen and always keep their own cluster.
+_SELF = -1.0
+
+
+def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
+    """Distance matrix `[B, N, N]` of `tokens` `[B, N, D]`: Euclidean `||x_i - x_j||` or cosine `1 - cos`.
+
+    The diagonal is exactly 0. Euclidean distances come from the Gram matrix (one batched matmul), which is
+    much faster than pairwise differences and accurate to fp32 rounding.
+    """
+    if distance == "cosine":
+        unit = F.normalize(tokens, dim=-1, eps=1e-6)
+        dist = 1.0 - torch.bmm(unit, unit.transpose(1, 2))
+    elif distance == "euclidean":
+        tokens = tokens - tokens.mean(dim=1, keepdim=True)  # distances are shift-invariant; centring cuts rounding
+        sq_norm = tokens.pow(2).sum(-1)
+        sq_dist = sq_norm[:, :, None] + sq_norm[:, None, :] - 2 * torch.bmm(tokens, tokens.transpose(1, 2))
+        dist = sq_dist.clamp_min_(0).sqrt_()
+    else:
+        raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
+    return dist.clamp_min_(0).diagonal_scatter(torch.zeros_like(dist[:, 0]), dim1=1, dim2=2)
+
+
+def _kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """KKZ seeds `[B, K]`: the largest-norm token, then repeatedly the token farthest from its nearest seed."""
+    first = norms.argmax(dim=1)
+    seeds = [first]
+    nearest = dist.gather(1, first[:, None, None].expand(-1, 1, dist.shape[2])).squeeze(1)  # [B, N]
+    nearest.scatter_(1, first[:, None], _SELF)
+    for _ in range(num_clusters - 1):
+        nxt = nearest.argmax(dim=1)
+        seeds.append(nxt)
+        row = dist.gather(1, nxt[:, None, None].expand(-1, 1, dist.shape[2])).squeeze(1)
+        nearest = torch.minimum(nearest, row).scatter_(1, nxt[:, None], _SELF)
+    return torch.stack(seeds, dim=1)
+
+
+def _assign(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
+    """Nearest medoid of each token `[B, N]`; `medoids` must be sorted so ties go to the lowest token index."""
+    to_medoids = dist.gather(2, medoids[:, None, :].expand(-1, dist.shape[1], -1)).clone()  # [B, N, K]
+    to_medoids.scatter_(1, medoids[:, None, :], _SELF)  # a medoid is assigned to itself
+    return to_medoids.argmin(dim=2)
+
+
+def _update(dist64: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """Each cluster's member with the smallest sum of distances to the cluster's members, sorted `[B, K]`.
+
+    The sums run in float64 over fp32 distances, which makes them exact and so independent of summation
+    order: near-ties resolve identically on every device and batch split. Cost is O(B N^2), no `[B, N, K]`.
+    """
+    batch, num_tokens = assignment.shape
+    same_cluster = assignment[:, :, None] == assignment[:, None, :]  # [B, N, N]
+    cost = torch.where(same_cluster, dist64, 0).sum(dim=2)  # [B, N]: sum of distances to own cluster
+    best = cost.new_full((batch, num_clusters), float("inf")).scatter_reduce(1, assignment, cost, "amin")
+    index = torch.arange(num_tokens, device=assignment.device).expand(batch, -1)
+    candidates = torch.where(cost == best.gather(1, assignment), index, num_tokens)  # ties: lowest index
+    medoids = assignment.new_full((batch, num_clusters), num_tokens).scatter_reduce(1, assignment, candidates, "amin")
+    return medoids.sort(dim=1).values
+
+
+@torch.no_grad()
+def kmedoids(
+    tokens: torch.Tensor,
+    num_clusters: int,
+    *,
+    distance: str = "euclidean",
+    max_iters: int = 100,
+    check_every: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched k-medoids with deterministic KKZ initialisation (see DESIGN.md).
+
+    Args:
+        tokens: `[B, N, D]` token features (any float dtype; computed in fp32).
+        num_clusters: K, with `1 <= K <= N`.
+        distance: `"euclidean"` or `"cosine"`.
+        max_iters: maximum assignment / update rounds.
+        check_every: rounds between host-side convergence checks; default 1 on the CPU, 8 on accelerators.
+            Iterating past convergence changes nothing, so this only trades syncs for spare rounds.
+
+    Returns:
+        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending.
+    """
+    batch, num_tokens, _ = tokens.shape
+    if not 1 <= num_clusters <= num_tokens:
+        raise ValueError(f"num_clusters={num_clusters}: must be in [1, {num_tokens}] (the number of tokens)")
+    if check_every is None:
+        check_every = 1 if tokens.device.type == "cpu" else 8
+    with torch.autocast(tokens.device.type, enabled=False):
+        x = tokens.detach().float()
+        dist = pairwise_distance(x, distance)
+        dist64 = dist.double()
+        medoids = _kkz_init(dist, x.norm(dim=-1), num_clusters).sort(dim=1).values
+        for step in range(max_iters):
+            new_medoids = _update(dist64, _assign(dist, medoids), num_clusters)
+            if (step + 1) % check_every == 0 and torch.equal(new_medoids, medoids):
+                break
+            medoids = new_medoids
+        return _assign(dist, medoids), medoids
+
+
+@torch.no_grad()
+def spectral_clustering(
+    tokens: torch.Tensor,
+    num_clusters: int,
+    *,
+    sigma: float = 2.0,
+    knn: int | None = None,
+    max_iters: int = 100,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Spectral clustering: k-medoids on the row-normalised spectral embedding of a kNN affinity graph.
+
+    Affinity `exp(-||x_i - x_j||^2 / (2 sigma^2))`, kept where j is among i's `knn` largest affinities or i
+    among j's (self-loops stay); normalised Laplacian `I - D^-1/2 W D^-1/2`; eigenvectors of its K smallest
+    eigenvalues, rows normalised, clustered by `kmedoids`. The medoids index the original tokens.
+
+    Args:
+        tokens: `[B, N, D]`.
+        num_clusters: K, with `1 <= K <= N`.
+        sigma: affinity bandwidth.
+        knn: neighbours per token; `None` keeps `min(N, 10)` (CenterCLIPModel passes DESIGN.md's default).
+        max_iters: k-medoids rounds.
+
+    Returns:
+        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending.
+    """
+    batch, num_tokens, _ = tokens.shape
+    if not 1 <= num_clusters <= num_tokens:
+        raise ValueError(f"num_clusters={num_clusters}: must be in [1, {num_tokens}] (the number of tokens)")
+    knn = min(num_tokens, 10 if knn is None else knn)
+    with torch.autocast(tokens.device.type, enabled=False):
+        x = tokens.detach().float()
+        affinity = torch.exp(-pairwise_distance(x).pow(2) / (2 * sigma**2))
+        # Symmetric kNN graph: j in i's top-k OR i in j's top-k.
+        top = torch.zeros_like(affinity, dtype=torch.bool).scatter_(2, affinity.topk(knn, dim=2).indices, True)
+        keep = top | top.transpose(1, 2)
+        keep.diagonal(dim1=1, dim2=2).fill_(True)
+        affinity = affinity * keep
+        inv_sqrt_degree = affinity.sum(-1).clamp_min(1e-12).rsqrt()
+        laplacian = torch.eye(num_tokens, device=x.device) - inv_sqrt_degree[:, :, None] * affinity * inv_sqrt_degree[:, None, :]
+        _, eigenvectors = torch.linalg.eigh(laplacian)  # eigenvalues ascending
+        embedding = F.normalize(eigenvectors[:, :, :num_clusters], dim=-1, eps=1e-6)
+        return kmedoids(embedding, num_clusters, distance="euclidean", max_iters=max_iters)
+
+
+__all__ = ["kmedoids", "pairwise_distance", "spectral_clustering"]

@@ -1,0 +1,205 @@
+"""k-medoids and spectral clustering against the specification in DESIGN.md."""
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from modeling_centerclip.clustering import kmedoids, pairwise_distance, spectral_clustering
+
+
+def brute_force_kmedoids(tokens, dist, k: int, max_iters: int = 100):
+    """One sample: tokens `[N, D]` and their distances `[N, N]`, as literally as the spec reads (Python loops).
+
+    Distances come from the tested `pairwise_distance` (checked against exact differences below), so this
+    checks the algorithm -- initialisation, updates, tie rules -- on bit-identical inputs.
+    """
+    dist = dist.tolist()
+    n = len(dist)
+
+    def d(i, j):  # every token is strictly nearer to itself than to any other token
+        return -1.0 if i == j else dist[i][j]
+
+    norms = tokens.float().norm(dim=-1).tolist()
+    medoids = [max(range(n), key=lambda i: (norms[i], -i))]  # largest norm, ties to the lowest index
+    while len(medoids) < k:
+        candidates = [i for i in range(n) if i not in medoids]
+        far = max(min(d(i, m) for m in medoids) for i in candidates)
+        medoids.append(min(i for i in candidates if min(d(i, m) for m in medoids) == far))
+
+    def assign(meds):
+        meds = sorted(meds)
+        out = []
+        for i in range(n):
+            best = min(d(i, m) for m in meds)
+            out.append(next(c for c, m in enumerate(meds) if d(i, m) == best))
+        return out
+
+    medoids = sorted(medoids)
+    for _ in range(max_iters):
+        labels = assign(medoids)
+        new = []
+        for c in range(k):
+            members = [i for i in range(n) if labels[i] == c]
+            # The spec's cost: sum of distances to the members (d(i, i) counts 0 here: the sum is a real cost).
+            costs = [sum(dist[i][j] for j in members) for i in members]
+            new.append(members[costs.index(min(costs))])
+        new = sorted(new)
+        if new == medoids:
+            break
+        medoids = new
+    return assign(medoids), medoids
+
+
+def random_cases(seed: int):
+    g = torch.Generator().manual_seed(seed)
+    for case in range(24):
+        n = int(torch.randint(4, 40, (1,), generator=g))
+        dim = int(torch.randint(2, 12, (1,), generator=g))
+        k = int(torch.randint(1, n + 1, (1,), generator=g))
+        tokens = torch.randn(3, n, dim, generator=g)
+        if case % 3 == 1:  # duplicated (padded) frames: the second half repeats the first
+            half = n // 2
+            tokens[:, half : 2 * half] = tokens[:, :half]
+        if case % 6 == 2:
+            k = n
+        yield tokens, k
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_kmedoids_matches_brute_force(distance):
+    for tokens, k in random_cases(seed=0 if distance == "euclidean" else 1):
+        assignment, medoids = kmedoids(tokens, k, distance=distance)
+        dist = pairwise_distance(tokens, distance)
+        for b in range(tokens.shape[0]):
+            ref_assignment, ref_medoids = brute_force_kmedoids(tokens[b], dist[b], k)
+            assert medoids[b].tolist() == ref_medoids, (tokens.shape, k)
+            assert assignment[b].tolist() == ref_assignment
+
+
+def test_kmedoids_output_contract():
+    tokens = torch.randn(5, 30, 8)
+    assignment, medoids = kmedoids(tokens, 7)
+    assert assignment.dtype == medoids.dtype == torch.int64
+    assert assignment.shape == (5, 30) and medoids.shape == (5, 7)
+    assert torch.all(medoids[:, 1:] > medoids[:, :-1]), "medoids sorted and distinct"
+    # Each medoid belongs to its own cluster, every cluster is non-empty.
+    assert torch.equal(assignment.gather(1, medoids), torch.arange(7).expand(5, 7))
+
+
+def test_kmedoids_duplicates_never_give_empty_clusters():
+    frame = torch.randn(1, 6, 4)
+    tokens = frame.repeat(1, 3, 1)  # three identical frames: only 6 distinct tokens
+    assignment, medoids = kmedoids(tokens, 10)
+    assert len(set(medoids[0].tolist())) == 10
+    assert set(assignment[0].tolist()) == set(range(10))
+
+
+def test_kmedoids_k_equals_n_keeps_every_token():
+    tokens = torch.randn(2, 9, 3)
+    assignment, medoids = kmedoids(tokens, 9)
+    assert torch.equal(medoids, torch.arange(9).expand(2, 9))
+    assert torch.equal(assignment, torch.arange(9).expand(2, 9))
+
+
+@pytest.mark.parametrize("distance", ["euclidean", "cosine"])
+def test_kmedoids_deterministic_across_runs_and_batch_splits(distance):
+    tokens = torch.randn(8, 60, 16)
+    tokens[:, 30:] = tokens[:, :30]  # duplicates are where tie rules matter most
+    first = kmedoids(tokens, 12, distance=distance)
+    again = kmedoids(tokens.clone(), 12, distance=distance)
+    split = [kmedoids(part, 12, distance=distance) for part in tokens.split(3)]
+    single = [kmedoids(part, 12, distance=distance) for part in tokens.split(1)]
+    for i in range(2):
+        assert torch.equal(first[i], again[i])
+        assert torch.equal(first[i], torch.cat([s[i] for s in split]))
+        assert torch.equal(first[i], torch.cat([s[i] for s in single]))
+
+
+def test_kmedoids_sparse_convergence_checks_change_nothing():
+    """The accelerator path checks convergence only every few rounds; results must be identical."""
+    for tokens, k in random_cases(seed=2):
+        eager = kmedoids(tokens, k, check_every=1)
+        lazy = kmedoids(tokens, k, check_every=8)
+        assert torch.equal(eager[0], lazy[0]) and torch.equal(eager[1], lazy[1])
+
+
+def test_pairwise_distance_matches_exact_differences():
+    tokens = torch.randn(2, 20, 64) * 5
+    exact = (tokens[:, :, None] - tokens[:, None, :]).norm(dim=-1)
+    torch.testing.assert_close(pairwise_distance(tokens), exact, atol=1e-4, rtol=1e-5)
+    assert torch.all(pairwise_distance(tokens).diagonal(dim1=1, dim2=2) == 0)
+    unit = torch.nn.functional.normalize(tokens, dim=-1)
+    torch.testing.assert_close(pairwise_distance(tokens, "cosine").diagonal(dim1=1, dim2=2), torch.zeros(2, 20))
+    torch.testing.assert_close(pairwise_distance(tokens, "cosine")[0, 0, 1], 1 - unit[0, 0] @ unit[0, 1])
+    with pytest.raises(ValueError, match="distance"):
+        pairwise_distance(tokens, "manhattan")
+
+
+def test_kmedoids_fp32_and_gradient_free_under_autocast():
+    tokens = torch.randn(2, 20, 8, dtype=torch.bfloat16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assignment, medoids = kmedoids(tokens, 5)
+    reference = kmedoids(tokens.detach().float(), 5)
+    assert not assignment.requires_grad and not medoids.requires_grad
+    assert torch.equal(medoids, reference[1]) and torch.equal(assignment, reference[0])
+
+
+class LargestTensor(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("algo", ["kmedoids", "spectral"])
+def test_no_batch_by_clusters_by_tokens_squared_tensor(algo):
+    b, n, k = 2, 64, 16
+    tokens = torch.randn(b, n, 8)
+    with LargestTensor() as probe:
+        if algo == "kmedoids":
+            kmedoids(tokens, k)
+        else:
+            spectral_clustering(tokens, k, knn=8)
+    assert probe.largest <= b * n * n < b * k * n * n
+
+
+def test_kmedoids_rejects_bad_cluster_count():
+    with pytest.raises(ValueError, match="num_clusters"):
+        kmedoids(torch.randn(1, 5, 2), 6)
+    with pytest.raises(ValueError, match="num_clusters"):
+        spectral_clustering(torch.randn(1, 5, 2), 0)
+
+
+def blobs(seed: int, num_blobs: int = 4, per_blob: int = 15, dim: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(num_blobs, dim, generator=g) * 20
+    points = centers.repeat_interleave(per_blob, 0) + 0.1 * torch.randn(num_blobs * per_blob, dim, generator=g)
+    order = torch.randperm(num_blobs * per_blob, generator=g)
+    return points[order], torch.arange(num_blobs).repeat_interleave(per_blob)[order]
+
+
+def test_spectral_recovers_well_separated_blobs():
+    data = [blobs(seed) for seed in range(3)]
+    tokens = torch.stack([points for points, _ in data])
+    assignment, medoids = spectral_clustering(tokens, 4, sigma=2.0, knn=8)
+    for b, (_, truth) in enumerate(data):
+        # Same partition up to relabelling: each blob maps to exactly one cluster and vice versa.
+        pairs = set(zip(truth.tolist(), assignment[b].tolist()))
+        assert len(pairs) == 4 and len({c for _, c in pairs}) == 4
+        assert torch.all(medoids[b, 1:] > medoids[b, :-1])
+        assert 0 <= medoids[b].min() and medoids[b].max() < tokens.shape[1]
+        # The medoids select one original token per blob.
+        assert sorted(truth[medoids[b]].tolist()) == [0, 1, 2, 3]
+
+
+def test_spectral_is_deterministic_and_gradient_free():
+    tokens = torch.randn(3, 40, 8, requires_grad=True)
+    first = spectral_clustering(tokens, 6)
+    second = spectral_clustering(tokens, 6)
+    assert torch.equal(first[1], second[1]) and not first[1].requires_grad
