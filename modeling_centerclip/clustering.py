@@ -35,11 +35,12 @@ def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torc
     elif distance == "euclidean":
         tokens = tokens - tokens.mean(dim=1, keepdim=True)  # distances are shift-invariant; centring cuts rounding
         sq_norm = tokens.pow(2).sum(-1)
-        sq_dist = sq_norm[:, :, None] + sq_norm[:, None, :] - 2 * torch.bmm(tokens, tokens.transpose(1, 2))
+        sq_dist = torch.baddbmm(sq_norm[:, :, None] + sq_norm[:, None, :], tokens, tokens.transpose(1, 2), alpha=-2)
         dist = sq_dist.clamp_min_(0).sqrt_()
     else:
         raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
-    return dist.clamp_min_(0).diagonal_scatter(torch.zeros_like(dist[:, 0]), dim1=1, dim2=2)
+    dist.clamp_min_(0).diagonal(dim1=1, dim2=2).zero_()
+    return dist
 
 
 def _kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torch.Tensor:
@@ -63,15 +64,15 @@ def _assign(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
     return to_medoids.argmin(dim=2)
 
 
-def _update(dist64: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> torch.Tensor:
+def _update(dist: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> torch.Tensor:
     """Each cluster's member with the smallest sum of distances to the cluster's members, sorted `[B, K]`.
 
-    The sums run in float64 over fp32 distances, which makes them exact and so independent of summation
+    The sums accumulate fp32 distances in float64, which makes them exact and so independent of summation
     order: near-ties resolve identically on every device and batch split. Cost is O(B N^2), no `[B, N, K]`.
     """
     batch, num_tokens = assignment.shape
     same_cluster = assignment[:, :, None] == assignment[:, None, :]  # [B, N, N]
-    cost = torch.where(same_cluster, dist64, 0).sum(dim=2)  # [B, N]: sum of distances to own cluster
+    cost = torch.where(same_cluster, dist, 0).sum(dim=2, dtype=torch.float64)  # [B, N]: to own cluster
     best = cost.new_full((batch, num_clusters), float("inf")).scatter_reduce(1, assignment, cost, "amin")
     index = torch.arange(num_tokens, device=assignment.device).expand(batch, -1)
     candidates = torch.where(cost == best.gather(1, assignment), index, num_tokens)  # ties: lowest index
@@ -109,10 +110,9 @@ def kmedoids(
     with torch.autocast(tokens.device.type, enabled=False):
         x = tokens.detach().float()
         dist = pairwise_distance(x, distance)
-        dist64 = dist.double()
         medoids = _kkz_init(dist, x.norm(dim=-1), num_clusters).sort(dim=1).values
         for step in range(max_iters):
-            new_medoids = _update(dist64, _assign(dist, medoids), num_clusters)
+            new_medoids = _update(dist, _assign(dist, medoids), num_clusters)
             if (step + 1) % check_every == 0 and torch.equal(new_medoids, medoids):
                 break
             medoids = new_medoids

@@ -203,3 +203,16 @@ def test_spectral_is_deterministic_and_gradient_free():
     first = spectral_clustering(tokens, 6)
     second = spectral_clustering(tokens, 6)
     assert torch.equal(first[1], second[1]) and not first[1].requires_grad
+
+
+def test_kmedoids_matches_brute_force_at_vit_b32_segment_size():
+    """One ViT-B/32 segment (3 frames x 49 patches, K = 49), the last frame padding (a repeat)."""
+    g = torch.Generator().manual_seed(3)
+    frames = torch.randn(2, 3, 49, 64, generator=g) + torch.randn(2, 1, 49, 64, generator=g) * 3
+    frames[1, 2] = frames[1, 1]
+    tokens = frames.flatten(1, 2)
+    assignment, medoids = kmedoids(tokens, 49)
+    dist = pairwise_distance(tokens)
+    for b in range(2):
+        ref_assignment, ref_medoids = brute_force_kmedoids(tokens[b], dist[b], 49)
+        assert medoids[b].tolist() == ref_medoids and assignment[b].tolist() == ref_assignment

@@ -1,0 +1,323 @@
+"""Speed and memory of CenterCLIP against stock Transformers CLIP, side by side, on the same weights.
+
+    python benchmarks/benchmark_speed.py                      # ViT-B/32 and ViT-B/16 hub configurations
+    python benchmarks/benchmark_speed.py --quick              # tiny shapes, seconds (used by the tests)
+
+For every case (a hub configuration, plus a sweep of centers for ViT-B/32) it measures, against stock
+`CLIPModel` encoding each frame and mean pooling (CLIP4Clip's baseline):
+
+- inference throughput of the video tower (videos/s; median over interleaved repeats),
+- the clustering step's share of the tower's time (the step timed alone on the tower's real hidden states),
+- a training step's time and peak memory (forward + backward of the video tower). On the CPU each training
+  case runs in a fresh process and peak memory is the rise of peak RSS over the RSS before the step; on
+  CUDA it is `torch.cuda.max_memory_allocated()` over the memory allocated before the step,
+- the token-count ceiling: stock FLOPs / CenterCLIP FLOPs (`torch.utils.flop_counter`).
+
+CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa. Output: a table on stdout, a JSON file
+and a plot of speed-up against tokens kept with the FLOPs ceiling drawn in.
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from transformers import CLIPConfig, CLIPModel
+
+from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel
+from modeling_centerclip.modeling_centerclip import cluster_segments
+
+HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
+FULL_CASES = [
+    # (case name, hub configuration, overrides)
+    ("B/32 kmedoids 4x49", "centerclip-vitb32", {}),
+    ("B/32 kmedoids 3x49", "centerclip-vitb32-3seg", {}),
+    ("B/32 spectral 4x49", "centerclip-vitb32-spectral", {}),
+    ("B/32 kmedoids 4x25", "centerclip-vitb32", {"num_centers": 25}),
+    ("B/32 kmedoids 4x98", "centerclip-vitb32", {"num_centers": 98}),
+    ("B/16 kmedoids 4x160", "centerclip-vitb16", {}),
+]
+TINY = dict(
+    text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
+    vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=2, image_size=32, patch_size=8),
+    projection_dim=16, num_frames=4, num_segments=2, cluster_layer=2,
+)  # fmt: skip
+QUICK_CASES = [("tiny kmedoids 2x8", None, dict(TINY, num_centers=8))]
+
+
+def case_config(hub_config: str | None, overrides: dict) -> CenterCLIPConfig:
+    if hub_config is None:
+        return CenterCLIPConfig(**overrides)
+    return CenterCLIPConfig.from_pretrained(HUB_CONFIGS / hub_config, attn_implementation="sdpa", **overrides)
+
+
+def build_models(config: CenterCLIPConfig, device: torch.device):
+    """CenterCLIP and stock CLIP sharing one set of random weights."""
+    torch.manual_seed(0)
+    centerclip = CenterCLIPModel(config).to(device)
+    clip_config = CLIPConfig(
+        text_config=config.text_config.to_dict(), vision_config=config.vision_config.to_dict(),
+        projection_dim=config.projection_dim,
+    )  # fmt: skip
+    clip_config._attn_implementation = config._attn_implementation
+    stock = CLIPModel(clip_config).to(device)
+    stock.load_state_dict(centerclip.state_dict())
+    return stock, centerclip
+
+
+def stock_video_features(clip: CLIPModel, pixel_values: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip mean pooling with stock CLIP: every frame through the full tower."""
+    frames = clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output
+    return F.normalize(F.normalize(frames, dim=-1).view(*pixel_values.shape[:2], -1).mean(dim=1), dim=-1)
+
+
+def video_encoders(stock, centerclip):
+    return {
+        "stock": lambda pixels: stock_video_features(stock, pixels),
+        "centerclip": lambda pixels: centerclip.get_video_features(pixels).pooler_output,
+    }
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def timed(fn, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def measure_inference(stock, centerclip, pixels, repeats: int, device) -> dict:
+    """Median seconds per batch of each encoder, run alternately so drift hits both alike."""
+    encoders = video_encoders(stock, centerclip)
+    seconds = {name: [] for name in encoders}
+    with torch.inference_mode(), autocast(device):
+        for name, encode in encoders.items():  # warm-up
+            encode(pixels)
+        for _ in range(repeats):
+            for name, encode in encoders.items():
+                seconds[name].append(timed(lambda: encode(pixels), device))
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def measure_clustering(centerclip, pixels, repeats: int, device) -> float:
+    """Median seconds of the clustering step alone, on the hidden states the tower really clusters."""
+    config = centerclip.config
+    with torch.inference_mode(), autocast(device):
+        vision = centerclip.vision_model
+        hidden = vision.pre_layrnorm(vision.embeddings(pixels.flatten(0, 1)))
+        for block in vision.encoder.layers[: config.cluster_layer]:
+            hidden = block(hidden, None)
+        cluster_segments(hidden, config)  # warm-up
+        return statistics.median(timed(lambda: cluster_segments(hidden, config), device) for _ in range(repeats))
+
+
+def count_flops(stock, centerclip, pixels) -> dict:
+    encoders = video_encoders(stock, centerclip)
+    flops = {}
+    with torch.inference_mode():
+        for name, encode in encoders.items():
+            counter = FlopCounterMode(display=False)
+            with counter:
+                encode(pixels[:1])
+            flops[name] = counter.get_total_flops()
+    return flops
+
+
+def training_step(case: dict) -> dict:
+    """One case's training steps (forward + backward of the video tower): seconds and peak memory."""
+    device = torch.device(case["device"])
+    config = case_config(case["hub_config"], case["overrides"])
+    stock, centerclip = build_models(config, device)
+    encode = video_encoders(stock, centerclip)[case["model"]]
+    model = stock if case["model"] == "stock" else centerclip
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    size = config.vision_config.image_size
+    pixels = torch.randn(case["train_batch"], config.num_frames, 3, size, size, generator=g).to(device)
+    target = F.normalize(torch.randn(case["train_batch"], config.projection_dim, generator=g), dim=-1).to(device)
+
+    def step():
+        with autocast(device):
+            loss = -(encode(pixels) * target).sum()
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        seconds = [timed(step, device)]
+        peak = torch.cuda.max_memory_allocated() - before
+    else:
+        before = _rss_bytes()
+        seconds = [timed(step, device)]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    seconds += [timed(step, device) for _ in range(case["train_steps"] - 1)]
+    return {"train_step_s": statistics.median(seconds[1:] or seconds), "train_peak_bytes": peak}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def training_in_fresh_process(case: dict) -> dict:
+    """CPU peak RSS is per process, so each training case gets its own."""
+    if case["device"] == "cuda":
+        return training_step(case)
+    result = subprocess.run(
+        [sys.executable, __file__, "--_train_case", json.dumps(case)], capture_output=True, text=True, check=False
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"training case {case} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_case(name, hub_config, overrides, args, device) -> dict:
+    config = case_config(hub_config, overrides)
+    stock, centerclip = build_models(config, device)
+    stock.eval(), centerclip.eval()
+    size = config.vision_config.image_size
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randn(args.batch, config.num_frames, 3, size, size, generator=g).to(device)
+
+    seconds = measure_inference(stock, centerclip, pixels, args.repeats, device)
+    cluster_s = measure_clustering(centerclip, pixels, args.repeats, device)
+    flops = count_flops(stock, centerclip, pixels)
+    del stock, centerclip
+    row = {
+        "case": name,
+        "hub_config": hub_config,
+        "cluster_algo": config.cluster_algo,
+        "num_segments": config.num_segments,
+        "num_centers": config.num_centers,
+        "cluster_layer": config.cluster_layer,
+        "tokens_kept": config.num_segments * (config.num_centers + 1) / (config.num_frames * (config.patches_per_frame + 1)),
+        "stock_videos_per_s": args.batch / seconds["stock"],
+        "centerclip_videos_per_s": args.batch / seconds["centerclip"],
+        "speedup": seconds["stock"] / seconds["centerclip"],
+        "flops_stock": flops["stock"],
+        "flops_centerclip": flops["centerclip"],
+        "flops_ceiling": flops["stock"] / flops["centerclip"],
+        "clustering_share": cluster_s / seconds["centerclip"],
+    }  # fmt: skip
+    if not args.skip_training:
+        train = {}
+        for model in ["stock", "centerclip"]:
+            case = dict(
+                model=model, hub_config=hub_config, overrides=overrides, device=device.type,
+                train_batch=args.train_batch, train_steps=args.train_steps,
+            )  # fmt: skip
+            train[model] = training_in_fresh_process(case)
+        row.update(
+            stock_train_step_s=train["stock"]["train_step_s"],
+            centerclip_train_step_s=train["centerclip"]["train_step_s"],
+            stock_train_peak_mb=train["stock"]["train_peak_bytes"] / 2**20,
+            centerclip_train_peak_mb=train["centerclip"]["train_peak_bytes"] / 2**20,
+            train_memory_ratio=train["centerclip"]["train_peak_bytes"] / train["stock"]["train_peak_bytes"],
+        )
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    header = (
+        f"{'case':<22}{'stock v/s':>10}{'CC v/s':>9}{'speed-up':>9}{'ceiling':>8}{'cluster%':>9}"
+        f"{'train s stock/CC':>18}{'train MB stock/CC':>19}{'mem ratio':>10}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        train = (
+            f"{r['stock_train_step_s']:>8.2f}/{r['centerclip_train_step_s']:<8.2f}"
+            f"{r['stock_train_peak_mb']:>10.0f}/{r['centerclip_train_peak_mb']:<8.0f}{r['train_memory_ratio']:>9.2f}x"
+            if "train_memory_ratio" in r
+            else ""
+        )
+        print(
+            f"{r['case']:<22}{r['stock_videos_per_s']:>10.2f}{r['centerclip_videos_per_s']:>9.2f}"
+            f"{r['speedup']:>8.2f}x{r['flops_ceiling']:>7.2f}x{100 * r['clustering_share']:>8.1f}% {train}"
+        )
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for family, marker in [("B/32", "o"), ("B/16", "s"), ("tiny", "^")]:
+        points = sorted((r for r in rows if r["case"].startswith(family)), key=lambda r: r["tokens_kept"])
+        if not points:
+            continue
+        kept = [100 * r["tokens_kept"] for r in points]
+        line = ax.plot(kept, [r["flops_ceiling"] for r in points], "--", alpha=0.6, label=f"{family} FLOPs ceiling")
+        ax.scatter(kept, [r["speedup"] for r in points], marker=marker, color=line[0].get_color(), label=f"{family} measured", zorder=3)
+        for r, x in zip(points, kept):
+            ax.annotate(r["case"].split(" ", 1)[1], (x, r["speedup"]), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("tokens kept after clustering (% of stock, all segments)")
+    ax.set_ylabel("video tower speed-up over stock CLIP (x)")
+    ax.set_title("CenterCLIP inference speed-up vs tokens kept")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds (for tests)")
+    parser.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
+    parser.add_argument("--batch", type=int, help="videos per inference batch (default 2 on CPU, 32 on CUDA)")
+    parser.add_argument("--train_batch", type=int, help="videos per training step (default 4 on CPU, 32 on CUDA)")
+    parser.add_argument("--train_steps", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip_training", action="store_true")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output_dir", type=Path, default=Path("outputs/benchmarks"))
+    parser.add_argument("--_train_case", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._train_case:
+        print(json.dumps(training_step(json.loads(args._train_case))))
+        return []
+
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    args.batch = args.batch or (32 if on_cuda else 2)
+    args.train_batch = args.train_batch or (32 if on_cuda else 4)
+    cases = QUICK_CASES if args.quick else FULL_CASES
+    if args.cases:
+        cases = [c for c in cases if any(part in c[0] for part in args.cases)]
+    machine = torch.cuda.get_device_name(device) if on_cuda else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    print(f"device: {device} ({machine}); {'bf16 autocast' if on_cuda else 'fp32'}, sdpa; batch {args.batch}, train batch {args.train_batch}")
+
+    rows = []
+    for name, hub_config, overrides in cases:
+        rows.append(run_case(name, hub_config, overrides, args, device))
+        print(f"  done: {name}", flush=True)
+    print_table(rows)
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    report = {"device": str(device), "machine": machine, "torch": torch.__version__, "batch": args.batch,
+              "train_batch": args.train_batch, "rows": rows}  # fmt: skip
+    (args.output_dir / "speed.json").write_text(json.dumps(report, indent=2))
+    plot(rows, args.output_dir / "speedup_vs_tokens.png")
+    print(f"wrote {args.output_dir / 'speed.json'} and {args.output_dir / 'speedup_vs_tokens.png'}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
