@@ -4,16 +4,19 @@ Importing this package registers `CenterCLIPConfig`, `CenterCLIPModel` and `Cent
 `AutoConfig` / `AutoModel` / `AutoProcessor` factories.
 """
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .clustering import kmedoids, spectral_clustering
 from .configuration_centerclip import CenterCLIPConfig
 from .modeling_centerclip import CenterCLIPModel, CenterCLIPOutput
+from .processing_centerclip import CenterCLIPProcessor
 
 AutoConfig.register("centerclip", CenterCLIPConfig, exist_ok=True)
 AutoModel.register(CenterCLIPConfig, CenterCLIPModel, exist_ok=True)
 # save_pretrained writes `auto_map` and copies this code, so Hub folders load with trust_remote_code=True.
 CenterCLIPConfig.register_for_auto_class()
 CenterCLIPModel.register_for_auto_class("AutoModel")
+AutoProcessor.register(CenterCLIPConfig, CenterCLIPProcessor, exist_ok=True)
+CenterCLIPProcessor.register_for_auto_class()
 
-__all__ = ["CenterCLIPConfig", "CenterCLIPModel", "CenterCLIPOutput", "kmedoids", "spectral_clustering"]
+__all__ = ["CenterCLIPConfig", "CenterCLIPModel", "CenterCLIPOutput", "CenterCLIPProcessor", "kmedoids", "spectral_clustering"]

@@ -1,0 +1,162 @@
+"""Throughput of the input side: decoding + preprocessing clips/s with 0, 1 and 2 DataLoader workers.
+
+Generates H.264 test videos (default 32 clips of 10 s, 320x240 at 30 fps, textured and moving so they do not
+compress to nothing), then runs `training.data.VideoTextDataset` + `collate_video_text` through a torch
+`DataLoader` exactly as training does (random frame per chunk, 12 frames, 224 px, CLIP normalisation).
+Steady-state clips/s counts from the first batch on (worker start-up is reported separately).
+
+    python benchmarks/benchmark_data.py                 # full run, prints a table, writes JSON
+    python benchmarks/benchmark_data.py --quick         # seconds-long smoke run (used by the tests)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+from datasets import Dataset
+from torch.utils.data import DataLoader
+
+from modeling_centerclip import CenterCLIPProcessor
+from modeling_centerclip.processing_centerclip import read_video_frames
+from training.data import VideoTextDataset, collate_video_text
+from training.tokenizer import train_clip_tokenizer
+
+
+def make_test_video(path: str, seconds: float, width: int, height: int, fps: int, seed: int) -> None:
+    """A panning smooth-noise texture with a moving bright square: realistic enough for the H.264 decoder."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2 + int(seconds * fps), 3), dtype=np.uint8)
+    texture = np.kron(coarse, np.ones((8, 8, 1), dtype=np.uint8))  # blocky texture, wider than a frame to pan over
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "23", "preset": "veryfast", "g": str(2 * fps)}  # a keyframe every 2 s
+        for t in range(int(seconds * fps)):
+            frame = texture[:height, t : t + width].copy()
+            x = (7 * t) % (width - 40)
+            frame[height // 3 : height // 3 + 40, x : x + 40] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def measure_loader(dataset, batch_size: int, num_workers: int, epochs: int) -> dict:
+    """Clips/s through a DataLoader; the clock starts when the first batch arrives (steady state)."""
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_video_text,
+                        shuffle=False, persistent_workers=num_workers > 0)
+    start = time.perf_counter()
+    first_batch_s, clips, steady_start = None, 0, None
+    for _ in range(epochs):
+        for batch in loader:
+            if first_batch_s is None:
+                first_batch_s = time.perf_counter() - start
+                steady_start = time.perf_counter()
+                continue  # the first batch pays for worker start-up
+            clips += batch["pixel_values"].shape[0]
+    steady = time.perf_counter() - steady_start
+    return {"num_workers": num_workers, "clips_per_s": clips / steady, "clips_timed": clips,
+            "first_batch_s": first_batch_s, "batch_shape": list(batch["pixel_values"].shape)}
+
+
+def measure_stages(paths: list[str], processor: CenterCLIPProcessor) -> dict:
+    """Mean milliseconds per clip for decoding alone and for resize + crop + normalise alone (one process)."""
+    frames, _ = read_video_frames(paths[0], processor.num_frames, target_fps=processor.fps)
+    processor.preprocess_frames(torch.from_numpy(frames))  # warm-up, untimed
+    decode_s = preprocess_s = 0.0
+    for path in paths:
+        start = time.perf_counter()
+        frames, _ = read_video_frames(path, processor.num_frames, target_fps=processor.fps, training=True)
+        decode_s += time.perf_counter() - start
+        start = time.perf_counter()
+        processor.preprocess_frames(torch.from_numpy(frames))
+        preprocess_s += time.perf_counter() - start
+    count = len(paths)
+    return {"decode_ms_per_clip": 1000 * decode_s / count, "preprocess_ms_per_clip": 1000 * preprocess_s / count}
+
+
+def run(args) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    workdir = args.video_dir or tempfile.mkdtemp(prefix="centerclip_bench_")
+    os.makedirs(workdir, exist_ok=True)
+    paths = [os.path.join(workdir, f"clip{i:03d}.mp4") for i in range(args.num_videos)]
+    start = time.perf_counter()
+    for i, path in enumerate(paths):
+        if not os.path.exists(path):
+            make_test_video(path, args.seconds, args.width, args.height, args.fps, seed=i)
+    generation_s = time.perf_counter() - start
+    captions = [f"clip number {i} shows a moving square" for i in range(args.num_videos)]
+    tokenizer = train_clip_tokenizer(captions, vocab_size=300)
+    split = Dataset.from_dict({"video_id": [os.path.basename(p) for p in paths], "video": paths, "caption": captions})
+    results = {"settings": {k: v for k, v in vars(args).items() if k != "output"}, "generation_s": generation_s,
+               "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                           "python": sys.version.split()[0], "platform": platform.platform()},
+               "runs": []}
+    for fps in args.decode_fps:
+        processor = CenterCLIPProcessor(tokenizer=tokenizer, num_frames=args.num_frames, image_size=args.image_size,
+                                        fps=fps if fps > 0 else None)
+        stages = measure_stages(paths[: min(8, len(paths))], processor)
+        dataset = VideoTextDataset(split, processor, training=True)
+        for workers in args.workers:
+            loader_stats = measure_loader(dataset, args.batch_size, workers, args.epochs)
+            row = {"decode_fps": fps if fps > 0 else None, **loader_stats, **stages}
+            results["runs"].append(row)
+            print(f"fps={row['decode_fps'] or 'native':>6}  workers={workers}  {row['clips_per_s']:7.1f} clips/s  "
+                  f"(first batch {row['first_batch_s']:.2f} s)", flush=True)
+    return results
+
+
+def print_table(results: dict) -> None:
+    s = results["settings"]
+    print(f"\n{s['num_videos']} videos of {s['seconds']} s, {s['width']}x{s['height']} @ {s['fps']} fps -> "
+          f"{s['num_frames']} frames at {s['image_size']} px, batch {s['batch_size']}, "
+          f"{results['machine']['cpus']} CPUs")
+    print("| decode at | workers | clips/s | decode ms/clip | preprocess ms/clip |")
+    print("|---|---|---|---|---|")
+    for row in results["runs"]:
+        fps = f"{row['decode_fps']} fps" if row["decode_fps"] else "native fps"
+        print(f"| {fps} | {row['num_workers']} | {row['clips_per_s']:.1f} | {row['decode_ms_per_clip']:.0f} | "
+              f"{row['preprocess_ms_per_clip']:.0f} |")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run: 4 short small videos")
+    parser.add_argument("--num_videos", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--num_frames", type=int, default=12)
+    parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--decode_fps", type=float, nargs="+", default=[0, 3], help="0 = every frame (native)")
+    parser.add_argument("--video_dir", help="reuse / keep the generated videos here")
+    parser.add_argument("--output", default="outputs/benchmark_data.json")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.num_videos, args.seconds, args.width, args.height = 4, 1.0, 160, 120
+        args.batch_size, args.epochs, args.decode_fps = 2, 1, [0]
+    results = run(args)
+    print_table(results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w", encoding="utf-8") as handle:
+        json.dump(results, handle, indent=2)
+    print(f"wrote {args.output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
