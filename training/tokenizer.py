@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
+from tokenizers.pre_tokenizers import ByteLevel
 from transformers import CLIPTokenizer
 
 
@@ -14,8 +16,13 @@ def train_clip_tokenizer(
 
     The tokenizer keeps CLIP's whole pipeline (lower-casing, CLIP's pre-tokenizer, `</w>` word ends, byte-level
     alphabet) and its special tokens: `<|startoftext|>` (id 0) and `<|endoftext|>` (id 1, also unk and pad), so a
-    CLIP text tower finds the end-of-text token as usual. `vocab_size` counts the 256 byte symbols and the two
-    special tokens; a smaller corpus may stop short of it.
+    CLIP text tower finds the end-of-text token as usual. Like CLIP's own vocabulary it holds all 256 byte symbols
+    both inside and at the end of a word (`x</w>`), so no text ever maps to unk -- which, being the end-of-text
+    id, would cut the caption short in the text tower. `vocab_size` bounds the trained part (a small corpus may
+    stop short of it); the end-of-word byte symbols the corpus did not need come on top.
+
+    BPE training breaks frequency ties in an unspecified order, so train once and share the saved tokenizer
+    between processes and runs that must agree.
     """
     texts = [text for text in texts if isinstance(text, str)]
     if not texts:
@@ -24,8 +31,13 @@ def train_clip_tokenizer(
     if vocab_size <= minimum:
         raise ValueError(f"vocab_size must exceed {minimum} (byte alphabet + 2 special tokens), got {vocab_size}")
     # An empty CLIPTokenizer holds CLIP's normaliser / pre-tokenizer / post-processor; training keeps them.
-    tokenizer = CLIPTokenizer().train_new_from_iterator(
+    trained = CLIPTokenizer().train_new_from_iterator(
         [texts], vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False
     )
-    tokenizer.model_max_length = model_max_length
-    return tokenizer
+    bpe = json.loads(trained.backend_tokenizer.to_str())["model"]
+    vocab = dict(bpe["vocab"])
+    for symbol in sorted(ByteLevel.alphabet()):
+        for token in (symbol, symbol + "</w>"):
+            vocab.setdefault(token, len(vocab))
+    merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in bpe["merges"]]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
