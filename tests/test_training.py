@@ -238,3 +238,18 @@ def test_push_to_hub_writes_a_model_card_and_pushes_the_final_folder(tmp_path, c
     assert "someone/centerclip-demo" in card and "t2v R@1" in card
     with pytest.raises(ValueError, match="hub_model_id"):
         parse_args(["--config", write_config(tmp_path, corpus, push_to_hub=True), "--output_dir", "x"])
+
+
+def test_undecodable_training_videos_are_skipped_and_counted(tmp_path, corpus):
+    import shutil
+
+    damaged = tmp_path / "corpus"
+    shutil.copytree(corpus, damaged)
+    broken = sorted((damaged / "train").glob("*.mp4"))[0]
+    broken.write_bytes(b"not a video at all")
+    # 16 clips in batches of 8: one epoch is 2 steps and meets the broken clip once.
+    config = write_config(tmp_path, str(damaged), max_train_steps=2)
+    summary = main(["--config", config, "--output_dir", str(tmp_path / "run")])
+    assert summary["steps"] == 2
+    recorded = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert recorded["skipped_videos"] == 1

@@ -416,20 +416,19 @@ def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     """Load a corpus by name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`) or a videofolder path.
 
     Keyword arguments go to the loader (`video_dir`, `splits_dir`, ...). `demo` takes `folder`
-    (default `data/demo`) and generates the demo corpus there first if it has no metadata yet; other keywords
-    go to `training.demo_corpus.generate_demo_corpus`.
+    (default `data/demo`) and generates the demo corpus there unless one with the same settings is there already;
+    other keywords go to `training.demo_corpus.generate_demo_corpus`.
     """
     name = os.fspath(name_or_folder)
     loaders = {"msrvtt": load_msrvtt, "msvd": load_msvd, "lsmdc": load_lsmdc, "activitynet": load_activitynet}
     if name in loaders:
         return loaders[name](**kwargs)
     if name == "demo":
+        from .demo_corpus import generate_demo_corpus
+
         folder = kwargs.pop("folder", os.path.join("data", "demo"))
         on_missing = kwargs.pop("on_missing", "skip")
-        if not any(os.path.isfile(os.path.join(folder, meta)) for meta in METADATA_NAMES):
-            from .demo_corpus import generate_demo_corpus
-
-            generate_demo_corpus(folder, **kwargs)
+        generate_demo_corpus(folder, **kwargs)  # reuses a corpus already generated with these settings
         return load_videofolder(folder, on_missing=on_missing)
     if os.path.isdir(name):
         return load_videofolder(name, **kwargs)

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
-from modeling_centerclip.processing_centerclip import VideoDecodeError
+from modeling_centerclip.processing_centerclip import CenterCLIPProcessor, VideoDecodeError
 
 logger = logging.getLogger(__name__)
 
-MODEL_INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "video_mask")
+MODEL_INPUT_NAMES = tuple(CenterCLIPProcessor.model_input_names)
 
 
 @dataclass(frozen=True)

@@ -43,14 +43,10 @@ METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
 
 def prepare_corpus(folder: Path) -> Path:
-    """Generate the demo corpus unless `folder` already holds one made with the same settings."""
-    from training.demo_corpus import GENERATION_FILE, generate_demo_corpus
+    """Generate the demo corpus (reused when `folder` already holds one made with the same settings)."""
+    from training.demo_corpus import generate_demo_corpus
 
-    settings_file = folder / GENERATION_FILE
-    if settings_file.is_file() and all(json.loads(settings_file.read_text()).get(k) == v for k, v in CORPUS_SETTINGS.items()):
-        print(f"demo corpus: reusing {folder}")
-    else:
-        generate_demo_corpus(folder, **CORPUS_SETTINGS)
+    generate_demo_corpus(folder, **CORPUS_SETTINGS)
     return folder
 
 

@@ -280,6 +280,8 @@ def generate_demo_corpus(
 ) -> str:
     """Generate the demo corpus; returns the path of its `metadata.jsonl`.
 
+    A folder that already holds a complete corpus generated with the same settings is reused as it is.
+
     Args:
         output_dir: folder to write into (created; existing clips of the same names are overwritten).
         num_train / num_test: clips per split.
@@ -293,6 +295,15 @@ def generate_demo_corpus(
         raise ValueError(f"num_frames must be at least 4, got {num_frames}")
     if not 0 <= pair_fraction <= 1:
         raise ValueError(f"pair_fraction must be in [0, 1], got {pair_fraction}")
+    settings = dict(num_train=num_train, num_test=num_test, seed=seed, num_frames=num_frames, size=size, fps=fps,
+                    pair_fraction=pair_fraction)
+    metadata_path = os.path.join(output_dir, METADATA_FILE)
+    settings_path = os.path.join(output_dir, GENERATION_FILE)
+    if os.path.isfile(metadata_path) and os.path.isfile(settings_path):  # written last: the corpus is complete
+        with open(settings_path, encoding="utf-8") as handle:
+            if json.load(handle) == settings:
+                logger.info("demo corpus: reusing %s", output_dir)
+                return metadata_path
     from tqdm.auto import tqdm
 
     start = time.perf_counter()
@@ -328,13 +339,10 @@ def generate_demo_corpus(
             )
             progress.update()
     progress.close()
-    metadata_path = os.path.join(output_dir, METADATA_FILE)
     with open(metadata_path, "w", encoding="utf-8") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
-    settings = dict(num_train=num_train, num_test=num_test, seed=seed, num_frames=num_frames, size=size, fps=fps,
-                    pair_fraction=pair_fraction)
-    with open(os.path.join(output_dir, GENERATION_FILE), "w", encoding="utf-8") as handle:
+    with open(settings_path, "w", encoding="utf-8") as handle:
         json.dump(settings, handle, indent=2)
     logger.info("wrote %d demo clips to %s in %.1f s", len(records), output_dir, time.perf_counter() - start)
     return metadata_path

@@ -10,6 +10,7 @@ best rank among the video's captions.
 """
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -147,6 +148,14 @@ def encode_texts(model, processor, captions: list[str], batch_size: int = 256) -
     return torch.cat(embeddings)
 
 
+@functools.cache
+def retrieval_metric():
+    """The repository's `evaluate` module, loaded once per process (periodic evaluation calls this often)."""
+    import evaluate
+
+    return evaluate.load(METRIC_PATH, keep_in_memory=True)
+
+
 def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: int = 1024,
                    max_videos: int | None = None, num_workers: int = 0, show_progress: bool = True) -> dict:
     """Text-video retrieval metrics of `model` on a corpus split (a `datasets.Dataset` with `video`, `caption`).
@@ -156,19 +165,19 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in percent); `videos_per_second` counts the
     model's video tower only, `eval_time_s` everything including decoding.
     """
-    import evaluate
-
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
     _, paths, captions, text_to_video = group_captions(split, max_videos)
     if not paths:
         raise ValueError("evaluate_model: the split has no videos")
-    video_embeds, video_time = encode_videos(model, processor, paths, batch_size, num_workers, show_progress)
-    text_embeds = encode_texts(model, processor, captions)
+    was_training = model.training
+    model.eval()
+    try:
+        video_embeds, video_time = encode_videos(model, processor, paths, batch_size, num_workers, show_progress)
+        text_embeds = encode_texts(model, processor, captions)
+    finally:
+        model.train(was_training)
     t2v_ranks, v2t_ranks = retrieval_ranks(text_embeds, video_embeds, torch.tensor(text_to_video), chunk_size)
-    metric = evaluate.load(METRIC_PATH, keep_in_memory=True)
-    model.train(was_training)
+    metric = retrieval_metric()
     return {
         "t2v": metric.compute(ranks=t2v_ranks.tolist()),
         "v2t": metric.compute(ranks=v2t_ranks.tolist()),

@@ -49,12 +49,11 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPTokenizer, get_scheduler
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
+from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS, CLUSTER_ALGOS, CLUSTER_DISTANCES
 from training.losses import batch_loss
 
 logger = get_logger(__name__)
 
-CLUSTER_KEYS = ("num_frames", "cluster_algo", "cluster_layer", "num_segments", "num_centers", "cluster_distance",
-                "cluster_iters")  # fmt: skip
 CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
 # Parameters the paper keeps frozen: patch/class/position embeddings, pre-layernorm, text token/position embeddings.
 STEM_PREFIXES = ("vision_model.embeddings.", "vision_model.pre_layrnorm.", "text_model.embeddings.")
@@ -77,11 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_config", help="JSON file of a CenterCLIPConfig to train from scratch "
                        "(in a YAML config also an inline mapping)")
     model.add_argument("--num_frames", type=int, help="frames per video (overrides the model's)")
-    model.add_argument("--cluster_algo", choices=("kmedoids", "spectral", "none"))
+    model.add_argument("--cluster_algo", choices=CLUSTER_ALGOS)
     model.add_argument("--cluster_layer", type=int)
     model.add_argument("--num_segments", type=int)
     model.add_argument("--num_centers", type=int)
-    model.add_argument("--cluster_distance", choices=("euclidean", "cosine"))
+    model.add_argument("--cluster_distance", choices=CLUSTER_DISTANCES)
     model.add_argument("--cluster_iters", type=int)
     model.add_argument("--max_words", type=int, default=32, help="caption length in tokens")
     model.add_argument("--fps", type=float, help="decode videos at this frame rate (the paper: 3)")
@@ -243,7 +242,7 @@ def all_captions(split) -> list[str]:
 def build_model_and_processor(args, train_split, accelerator: Accelerator):
     """A checkpoint (with cluster overrides) or a fresh model from `model_config` plus a tokenizer trained on
     the training captions. Returns `(model, processor)`."""
-    overrides = {key: getattr(args, key) for key in CLUSTER_KEYS if getattr(args, key) is not None}
+    overrides = {key: value for key in CENTERCLIP_FIELDS if (value := getattr(args, key, None)) is not None}
     if args.model_name_or_path:
         model = CenterCLIPModel.from_pretrained(args.model_name_or_path, **overrides)
         try:
@@ -251,7 +250,7 @@ def build_model_and_processor(args, train_split, accelerator: Accelerator):
         except (OSError, ValueError, TypeError):  # a stock CLIP checkpoint: its tokenizer, our video settings
             processor = CenterCLIPProcessor(CLIPTokenizer.from_pretrained(args.model_name_or_path))
     else:
-        settings = args.model_config if isinstance(args.model_config, dict) else _read_json(args.model_config)
+        settings = args.model_config if isinstance(args.model_config, dict) else _read_config_file(args.model_config)
         tokenizer_dir = os.path.join(args.output_dir, "tokenizer")
         if not args.tokenizer_name_or_path and accelerator.is_main_process and not os.path.isdir(tokenizer_dir):
             from training.tokenizer import train_clip_tokenizer
@@ -277,11 +276,6 @@ def build_model_and_processor(args, train_split, accelerator: Accelerator):
     if args.fps is not None:
         processor.fps = args.fps
     return model, processor
-
-
-def _read_json(path: str) -> dict:
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
 
 
 class EpochSeededItems(Dataset):
@@ -418,7 +412,6 @@ def run_evaluation(accelerator, model, processor, split, args) -> dict:
     if accelerator.is_main_process:
         results = evaluate_model(accelerator.unwrap_model(model), processor, split, batch_size=args.eval_batch_size,
                                  max_videos=args.max_eval_videos, num_workers=args.num_workers, show_progress=False)  # fmt: skip
-        model.train()
     accelerator.wait_for_everyone()
     return results
 
@@ -448,7 +441,7 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
     if args.freeze_stems:
         freeze_stems(model)
 
-    from training.data import VideoTextDataset, collate_video_text
+    from training.data import SkipCounter, VideoTextDataset, collate_video_text
 
     train_data = EpochSeededItems(VideoTextDataset(corpus[args.train_split], processor, training=True), args.seed)
     train_loader = DataLoader(train_data, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
@@ -466,7 +459,7 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
     scheduler = accelerator.prepare(scheduler)
     eval_split = None if args.eval_split in (None, "none") else corpus[args.eval_split]
 
-    step, history = 0, []
+    step, history, skipped = 0, [], SkipCounter()
     checkpoint = find_checkpoint(args) if args.resume else None
     if checkpoint:
         accelerator.load_state(checkpoint)
@@ -492,12 +485,16 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
     for epoch in itertools.count(first_epoch):
         if step >= max_steps:
             break
-        train_loader.set_epoch(epoch)  # reshuffles (seed + epoch) and reseeds the items
+        train_loader.set_epoch(epoch)  # reshuffles (seed + epoch)
+        # Reseeds the items; Accelerate forwards set_epoch to the dataset only when its sampler does not take it,
+        # which is the single-process case alone.
+        train_data.set_epoch(epoch)
         # A resumed run skips the batches its checkpoint had already trained on (without decoding them).
         seen_batches = (step % steps_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
         batches = accelerator.skip_first_batches(train_loader, seen_batches) if seen_batches else train_loader
         epoch_start_step = step
         for batch in batches:
+            skipped.update(batch, args.per_device_train_batch_size)
             # Every process must take part in each step: skip a batch everywhere if it failed somewhere.
             if not all(gather_object([batch is not None])):
                 continue
@@ -539,6 +536,10 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
     progress.close()
     train_time = time.perf_counter() - start_time - eval_time  # training only, periodic evaluation left out
 
+    skipped_videos = sum(gather_object([skipped.count]))  # undecodable videos, all processes
+    if skipped_videos:
+        logger.warning(f"{skipped_videos} training videos could not be decoded and were skipped (see the warnings "
+                       "above for their files)", main_process_only=True)  # fmt: skip
     results = {}
     if eval_split is not None:
         results = run_evaluation(accelerator, model, processor, eval_split, args)
@@ -554,7 +555,8 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
                 json.dump(results, handle, indent=2)
         summary = {"steps": step, "train_time_s": train_time, "num_processes": accelerator.num_processes,
                    "global_batch_size": args.per_device_train_batch_size * accelerator.num_processes,
-                   "peak_rss_mb_before_training": rss_before_training_mb, "peak_rss_mb": peak_rss_mb()}  # fmt: skip
+                   "peak_rss_mb_before_training": rss_before_training_mb, "peak_rss_mb": peak_rss_mb(),
+                   "skipped_videos": skipped_videos}  # fmt: skip
         with open(os.path.join(args.output_dir, "train_summary.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         if args.push_to_hub:
