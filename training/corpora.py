@@ -412,6 +412,11 @@ def load_activitynet(
 # ------------------------------------------------------------------------------------------------- dispatcher
 
 
+def all_captions(split) -> list[str]:
+    """Every caption of a split, flattening the rows that hold a list of captions."""
+    return [c for caption in split["caption"] for c in ([caption] if isinstance(caption, str) else caption)]
+
+
 def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     """Load a corpus by name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`) or a videofolder path.
 

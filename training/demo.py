@@ -51,9 +51,8 @@ def prepare_corpus(folder: Path) -> Path:
 
 
 def prepare_tokenizer(corpus: Path, folder: Path, vocab_size: int = 1000) -> Path:
-    from training.corpora import load_corpus
+    from training.corpora import all_captions, load_corpus
     from training.tokenizer import train_clip_tokenizer
-    from training.train import all_captions
 
     if not (folder / "tokenizer_config.json").is_file():
         train_clip_tokenizer(all_captions(load_corpus(str(corpus))["train"]), vocab_size=vocab_size).save_pretrained(folder)

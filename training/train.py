@@ -50,6 +50,7 @@ from transformers import CLIPModel, CLIPTokenizer, get_scheduler
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS, CLUSTER_ALGOS, CLUSTER_DISTANCES
+from training.corpora import all_captions
 from training.losses import batch_loss
 
 logger = get_logger(__name__)
@@ -233,10 +234,6 @@ def load_corpus_splits(args):
         if split and split != "none" and split not in corpus:
             raise ValueError(f"config key {key!r}={split!r}: corpus {args.corpus} has splits {list(corpus)}")
     return corpus
-
-
-def all_captions(split) -> list[str]:
-    return [c for caption in split["caption"] for c in ([caption] if isinstance(caption, str) else caption)]
 
 
 def build_model_and_processor(args, train_split, accelerator: Accelerator):
