@@ -221,15 +221,18 @@ def random_spec(rng: np.random.Generator) -> ClipSpec:
     return ClipSpec(obj, color, direction, event, second_obj, second_color)
 
 
-def write_mp4(path: str, frames: np.ndarray, fps: int) -> None:
-    """Write uint8 `[T, H, W, 3]` RGB frames as H.264 (yuv420p, near-lossless, single-threaded: reproducible)."""
+def write_mp4(path: str, frames: np.ndarray, fps: int, options: dict[str, str] | None = None) -> None:
+    """Write uint8 `[T, H, W, 3]` RGB frames as H.264 yuv420p.
+
+    `options` are libx264's; the default is near-lossless and single-threaded, hence reproducible.
+    """
     import av
 
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+        stream.options = options or {"crf": "12", "preset": "veryfast", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
