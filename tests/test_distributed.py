@@ -94,3 +94,50 @@ def test_two_processes_match_one_process_on_global_batch(tmp_path):
             # DDP's average of the per-process gradients equals the one-process gradient (not 1/2 or 2x of it)
             torch.testing.assert_close(result["grads"][name], grad, rtol=1e-9, atol=1e-12, msg=lambda m: f"{name}: {m}")
     assert reference_grads["logit_scale"].abs() > 0 and reference_grads["visual_projection.weight"].abs().sum() > 0
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Each item draws from torch's RNG, like a training item's random caption and frames."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, index):
+        return {"index": index, "value": torch.rand(())}
+
+
+def _epoch_worker(rank: int, world_size: int, port: int, out_dir: str):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world_size))
+    torch.set_num_threads(1)
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
+
+    from training.train import EpochSeededItems, start_epoch
+
+    accelerator = Accelerator(cpu=True, dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=0))
+    items = EpochSeededItems(RandomItems(), seed=0)
+    loader = accelerator.prepare(torch.utils.data.DataLoader(items, batch_size=2, shuffle=True))
+    seen = []
+    for epoch in range(2):
+        start_epoch(loader, items, epoch)
+        seen += [(epoch, int(i), float(v)) for batch in loader for i, v in zip(batch["index"], batch["value"])]
+    torch.save(seen, os.path.join(out_dir, f"epochs{rank}.pt"))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+@pytest.mark.timeout(180)
+def test_items_are_reseeded_every_epoch_with_two_processes(tmp_path):
+    from training.train import EpochSeededItems
+
+    mp.start_processes(_epoch_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    seen = [entry for r in range(2) for entry in torch.load(tmp_path / f"epochs{r}.pt")]
+    reference = EpochSeededItems(RandomItems(), seed=0)
+    for epoch in range(2):
+        assert sorted(i for e, i, _ in seen if e == epoch) == list(range(8)), "each epoch covers every item once"
+    for epoch, index, value in seen:
+        reference.set_epoch(epoch)
+        assert value == float(reference[index]["value"]), (epoch, index)
+    first = {i: v for e, i, v in seen if e == 0}
+    assert all(first[i] != v for e, i, v in seen if e == 1), "a new epoch draws new random choices"

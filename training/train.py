@@ -297,6 +297,13 @@ class EpochSeededItems(Dataset):
             return self.dataset[index]
 
 
+def start_epoch(loader, items: EpochSeededItems, epoch: int) -> None:
+    """Reshuffle the prepared loader (seed + epoch) and reseed the items. Accelerate forwards `set_epoch` to the
+    dataset only when its sampler does not take it -- with one process alone -- so the items are told directly."""
+    loader.set_epoch(epoch)
+    items.set_epoch(epoch)
+
+
 def new_parameter_names(model: CenterCLIPModel) -> set[str]:
     """Parameters that a stock `CLIPModel` of the same architecture does not have (built on the meta device)."""
     with torch.device("meta"):
@@ -482,10 +489,7 @@ def train(args: argparse.Namespace, step_callback: Callable[[int], None] | None 
     for epoch in itertools.count(first_epoch):
         if step >= max_steps:
             break
-        train_loader.set_epoch(epoch)  # reshuffles (seed + epoch)
-        # Reseeds the items; Accelerate forwards set_epoch to the dataset only when its sampler does not take it,
-        # which is the single-process case alone.
-        train_data.set_epoch(epoch)
+        start_epoch(train_loader, train_data, epoch)
         # A resumed run skips the batches its checkpoint had already trained on (without decoding them).
         seen_batches = (step % steps_per_epoch) * args.gradient_accumulation_steps if epoch == first_epoch else 0
         batches = accelerator.skip_first_batches(train_loader, seen_batches) if seen_batches else train_loader
