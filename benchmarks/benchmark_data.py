@@ -79,7 +79,6 @@ def measure_stages(paths: list[str], processor: CenterCLIPProcessor) -> dict:
 
 
 def run(args) -> dict:
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     workdir = args.video_dir or tempfile.mkdtemp(prefix="centerclip_bench_")
     os.makedirs(workdir, exist_ok=True)
     paths = [os.path.join(workdir, f"clip{i:03d}.mp4") for i in range(args.num_videos)]

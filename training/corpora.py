@@ -276,11 +276,7 @@ def load_msrvtt(
             captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
         train_file = os.path.join(splits_dir, f"MSRVTT_train.{train_list}.csv")
         train_ids = _read_id_list(_require(train_file, "MSR-VTT train list"))
-        uncaptioned = [v for v in train_ids if v not in captions]
-        if uncaptioned:
-            logger.warning("msrvtt train: %d videos have no caption in %s (first: %s); they are skipped",
-                           len(uncaptioned), data_json, ", ".join(uncaptioned[:_SHOWN_MISSING]))
-        splits["train"] = [{"video_id": v, "caption": captions[v]} for v in train_ids if v in captions]
+        splits["train"] = _captioned_rows("msrvtt train", train_ids, captions, data_json)
     else:
         logger.warning("msrvtt: %s not found, so only the test split is built", data_json)
     test_csv = _require(os.path.join(splits_dir, "MSRVTT_JSFUSION_test.csv"), "MSR-VTT 1k-A test CSV")
@@ -341,11 +337,7 @@ def load_msvd(
         if not os.path.isfile(path):
             continue
         ids = _read_id_list(path)
-        uncaptioned = [v for v in ids if v not in captions]
-        if uncaptioned:
-            logger.warning("msvd %s: %d videos have no caption in %s (first: %s); they are skipped", split,
-                           len(uncaptioned), captions_file, ", ".join(uncaptioned[:_SHOWN_MISSING]))
-        splits[split] = [{"video_id": v, "caption": captions[v]} for v in ids if v in captions]
+        splits[split] = _captioned_rows(f"msvd {split}", ids, captions, captions_file)
     return _build("msvd", splits, _index_lookup(os.fspath(video_dir)), os.fspath(video_dir), on_missing, True)
 
 
@@ -412,9 +404,22 @@ def load_activitynet(
 # ------------------------------------------------------------------------------------------------- dispatcher
 
 
+def _captioned_rows(label: str, ids: list[str], captions: dict[str, list[str]], source) -> list[dict]:
+    """Rows `{video_id, caption}` of the listed ids; ids without a caption in `source` are reported and dropped."""
+    uncaptioned = [v for v in ids if v not in captions]
+    if uncaptioned:
+        logger.warning("%s: %d videos have no caption in %s (first: %s); they are skipped",
+                       label, len(uncaptioned), source, ", ".join(uncaptioned[:_SHOWN_MISSING]))
+    return [{"video_id": v, "caption": captions[v]} for v in ids if v in captions]
+
+
 def all_captions(split) -> list[str]:
     """Every caption of a split, flattening the rows that hold a list of captions."""
     return [c for caption in split["caption"] for c in ([caption] if isinstance(caption, str) else caption)]
+
+
+# Keyword arguments of `load_corpus` that scripts take as flags of the same names.
+CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
 
 
 def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:

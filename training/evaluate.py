@@ -209,9 +209,9 @@ def main(argv: list[str] | None = None) -> dict:
     import modeling_centerclip  # noqa: F401  registers the Auto classes
     from transformers import AutoModel, AutoProcessor
 
-    from training.corpora import load_corpus
+    from training.corpora import CORPUS_KEYS, load_corpus
 
-    corpus_kwargs = {k: getattr(args, k) for k in ("video_dir", "splits_dir", "captions_file", "data_json") if getattr(args, k)}
+    corpus_kwargs = {k: getattr(args, k) for k in CORPUS_KEYS if getattr(args, k, None)}
     corpus = load_corpus(args.corpus, **corpus_kwargs)
     if args.split not in corpus:
         parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")

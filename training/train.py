@@ -50,12 +50,11 @@ from transformers import CLIPModel, CLIPTokenizer, get_scheduler
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS, CLUSTER_ALGOS, CLUSTER_DISTANCES
-from training.corpora import all_captions
+from training.corpora import CORPUS_KEYS, all_captions
 from training.losses import batch_loss
 
 logger = get_logger(__name__)
 
-CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
 # Parameters the paper keeps frozen: patch/class/position embeddings, pre-layernorm, text token/position embeddings.
 STEM_PREFIXES = ("vision_model.embeddings.", "vision_model.pre_layrnorm.", "text_model.embeddings.")
 CHECKPOINT_PATTERN = re.compile(r"step_(\d+)$")
