@@ -55,8 +55,9 @@ def candidate_frame_indices(
     if target_fps <= 0:
         raise ValueError(f"target_fps must be positive, got {target_fps}")
     times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).reshape(num_video_frames, 2)
-    if times is None or not np.isfinite(times).all() or (np.diff(times[:, 0]) < 0).any():
-        times = np.stack([all_frames / native_fps, (all_frames + 1) / native_fps], axis=1)  # constant rate
+    if times is None or not np.isfinite(times).all() or (np.diff(times[:, 0]) <= 0).any():
+        # No usable timestamps (none, or missing/out-of-order ones read as repeats): assume a constant rate.
+        times = np.stack([all_frames / native_fps, (all_frames + 1) / native_fps], axis=1)
     starts = times[:, 0] - times[0, 0]
     # One tick every 1 / target_fps seconds before the last frame ends; each takes the frame on screen then (the
     # last one starting at or before it; the tolerances absorb float32 timestamps).
