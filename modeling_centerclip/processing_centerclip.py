@@ -165,7 +165,7 @@ def _decord_failure_reason(path: str, error: Exception) -> str:
     message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
     reason = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", message)
     if "cannot find video stream" in reason:
-        return "no video stream (the file holds only audio or other data)"
+        return "no video stream (the file holds only audio, or no track at all)"
     if "av_read_frame failed" in reason:  # ffmpeg could not read a packet: the data ends early or is damaged
         counts = _readable_frame_count(path)
         where = f" at frame {counts[0] + 1} of {counts[1]}" if counts and counts[1] > counts[0] else ""

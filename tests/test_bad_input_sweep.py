@@ -19,7 +19,7 @@ from conftest import coded_frames, pixel_values_to_rgb, read_frame_codes, write_
 from modeling_centerclip import CenterCLIPProcessor
 from modeling_centerclip.processing_centerclip import VideoDecodeError
 from training.corpora import load_msrvtt, load_videofolder
-from training.publish import load_hub_config
+from training.publish import convert_clip_checkpoint, load_hub_config
 from training.publish import main as publish_main
 
 
@@ -182,6 +182,9 @@ CASES += [
          nothing_written),
     Case("hub-sidecar-top-level-typo", lambda env: load_hub_config(hub_config_folder(env, {}, {"licence": "mit"})),
          ValueError, r"hub.json: unknown key 'licence' \(did you mean 'license'\?\); valid keys: license, processor"),
+    Case("publish-overrides-typo", lambda env: convert_clip_checkpoint(
+        env.tmp / "no-checkpoint", "centerclip-vitb32", env.tmp / "out", overrides={"num_centres": 16}),
+        ValueError, r"overrides: unknown key 'num_centres' \(did you mean 'num_centers'\?\)", nothing_written),
     Case("hub-settings-nested-typo", lambda env: load_hub_config({"vision_config": {"patch_sise": 16}}),
          ValueError, r"hub configuration: unknown key 'vision_config.patch_sise' \(did you mean 'patch_size'\?\)"),
 ]  # fmt: skip

@@ -115,9 +115,12 @@ def load_hub_config(spec: str | os.PathLike | Mapping | CenterCLIPConfig | HubCo
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got a {type(content).__name__}")
+    return content
 
 
 def _checked_settings(settings: dict, where: str) -> dict:
@@ -208,6 +211,7 @@ def convert_clip_checkpoint(
     """
     hub = load_hub_config(hub_config)
     _refuse_unknown_keys(overrides or {}, CENTERCLIP_FIELDS, "overrides")
+    _refuse_unknown_keys(processor_kwargs or {}, PROCESSOR_SETTINGS, "processor_kwargs")
     settings = {**hub.centerclip_settings, **(overrides or {})}
     source = checkpoint_settings(clip_name_or_path)
     architecture = CLIPConfig(**{key: value for key, value in source.items() if key not in CENTERCLIP_FIELDS})
@@ -224,7 +228,6 @@ def convert_clip_checkpoint(
     # Settings go in at construction, so CenterCLIPConfig validates them against the checkpoint's architecture.
     config = CenterCLIPConfig(**{**source, **settings})
 
-    _refuse_unknown_keys(processor_kwargs or {}, PROCESSOR_SETTINGS, "processor_kwargs")
     processor_kwargs = {**hub.processor, **(processor_kwargs or {})}
     if processor_kwargs.keys() & {"num_frames", "image_size"}:
         raise ValueError("the processor's num_frames and image_size come from the model config; set num_frames "
