@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import coded_frames, pixel_values_to_rgb, read_frame_codes, write_video
 from modeling_centerclip import CenterCLIPProcessor
-from modeling_centerclip.processing_centerclip import VideoDecodeError
+from modeling_centerclip.processing_centerclip import VideoDecodeError, candidate_frame_indices
 from training.corpora import load_msrvtt, load_videofolder
 from training.publish import convert_clip_checkpoint, load_hub_config
 from training.publish import main as publish_main
@@ -88,17 +89,13 @@ def msrvtt(env: Env, data_json: str, bom: bytes = b""):
 SENTENCES = [{"video_id": "video0", "caption": "a dog"}, {"caption": "no id"}, {"video_id": "video1", "caption": "c"}]
 
 
-def fps_processor(env: Env, fps: float, num_frames: int) -> CenterCLIPProcessor:
-    return CenterCLIPProcessor(tokenizer=env.fixture("tiny_tokenizer"), num_frames=num_frames, image_size=32, fps=fps)
-
-
 # 20 frames 10 ms apart, then 20 frames 100 ms apart: 40 frames in 2.1 s, an average of about 19 fps.
 VFR_TIMES = [k * 0.01 for k in range(20)] + [0.2 + k * 0.1 for k in range(20)]
 
 
 def vfr_frame_codes(env: Env) -> list[int]:
     path = write_video(env.tmp / "vfr.mp4", coded_frames(40, 32, 32), times=VFR_TIMES)
-    processor = fps_processor(env, fps=5, num_frames=11)
+    processor = CenterCLIPProcessor(tokenizer=env.fixture("tiny_tokenizer"), num_frames=11, image_size=32, fps=5)
     return read_frame_codes(pixel_values_to_rgb(processor(videos=[path])["pixel_values"][0], processor)).tolist()
 
 
@@ -169,10 +166,14 @@ CASES += [
     Case("mp4-failing-mid-decode", lambda env: env.fixture("processor")(videos=[bad_video("truncated_data")(env)]),
          VideoDecodeError, r"truncated_data.mp4: decoding failed at frame ([2-9]|[1-3]\d) of 40 \(truncated or corrupt\)",
          names(bad_video("truncated_data"))),
-    # Variable frame rate with fps: one frame every 0.2 s by the timestamps (frame 20 is at 0.2 s, then every
-    # 2nd), not every 40 / 2.14 / 5 frames by index ([0, 3, 7, 11, ...]).
+    # Variable frame rate at fps=5: the frame on screen every 0.2 s (frame 20 at 0.2 s, then every 2nd), not
+    # every 3.7th frame by index at the average rate ([0, 3, 7, 11, ...]).
     Case("vfr-video-sampled-by-timestamps", vfr_frame_codes,
          check=lambda env, codes: codes == [0, 20, 22, 24, 26, 28, 30, 32, 34, 36, 38]),
+    # Timestamps that cannot place frames (all equal, as missing ones read) fall back to the average rate.
+    Case("vfr-unusable-timestamps", lambda env: candidate_frame_indices(
+        10, native_fps=10, target_fps=2, timestamps=np.zeros((10, 2))).tolist(),
+        check=lambda env, indices: indices == [0, 5]),
     # Hub configuration typos fail before any work, naming key, file and valid keys.
     Case("hub-config-json-typo", lambda env: convert_with_hub_config(env, {"num_centres": 16}, {}),
          ValueError, r"config.json: unknown key 'num_centres' \(did you mean 'num_centers'\?\); valid keys: .*num_centers",
