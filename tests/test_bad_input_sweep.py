@@ -138,12 +138,14 @@ CASES += [
     Case("videofolder-symlink-inside-allowed", symlinked_videofolder,
          check=lambda env, corpus: corpus["train"]["video"] == [str(env.tmp / "corpus" / "clip.mp4")]),
     # Corpus files: a BOM is read through; other problems name file, line and what is wrong.
-    Case("csv-with-bom", lambda env: videofolder(env, "metadata.csv", codecs.BOM_UTF8 + b"file_name,caption\na.mp4,x\n"),
+    Case("csv-with-bom", lambda env: videofolder(
+        env, "metadata.csv", codecs.BOM_UTF8 + b"file_name,caption\na.mp4,x\n"),
          check=lambda env, corpus: corpus["train"]["caption"] == ["x"]),
     Case("csv-row-with-extra-field", lambda env: videofolder(
         env, "metadata.csv", "file_name,caption\na.mp4,a man, a plan\n"),
         ValueError, r"metadata.csv:2: 3 fields, but the header has 2 \(file_name, caption\); quote fields"),
-    Case("csv-latin-1", lambda env: videofolder(env, "metadata.csv", "file_name,caption\na.mp4,café\n".encode("latin-1")),
+    Case("csv-latin-1", lambda env: videofolder(
+        env, "metadata.csv", "file_name,caption\na.mp4,café\n".encode("latin-1")),
          ValueError, r"metadata.csv:2: not UTF-8 text \(byte 0xe9\); save the file as UTF-8"),
     Case("jsonl-line-is-a-list", lambda env: videofolder(env, "metadata.jsonl", '["a.mp4", "x"]\n'),
          ValueError, r"metadata.jsonl:1: expected a JSON object .*got a list"),
@@ -164,7 +166,8 @@ CASES += [
          VideoDecodeError, r"audio_only.mp4: no video stream", names(bad_video("audio_only"))),
     # 40 frames announced, the data cut at 2/3: the frame named is where the data ends, not the first or last.
     Case("mp4-failing-mid-decode", lambda env: env.fixture("processor")(videos=[bad_video("truncated_data")(env)]),
-         VideoDecodeError, r"truncated_data.mp4: decoding failed at frame ([2-9]|[1-3]\d) of 40 \(truncated or corrupt\)",
+         VideoDecodeError,
+         r"truncated_data.mp4: decoding failed at frame ([2-9]|[1-3]\d) of 40 \(truncated or corrupt\)",
          names(bad_video("truncated_data"))),
     # Variable frame rate at fps=5: the frame on screen every 0.2 s (frame 20 at 0.2 s, then every 2nd), not
     # every 3.7th frame by index at the average rate ([0, 3, 7, 11, ...]).
@@ -176,7 +179,8 @@ CASES += [
         check=lambda env, indices: indices == [0, 5]),
     # Hub configuration typos fail before any work, naming key, file and valid keys.
     Case("hub-config-json-typo", lambda env: convert_with_hub_config(env, {"num_centres": 16}, {}),
-         ValueError, r"config.json: unknown key 'num_centres' \(did you mean 'num_centers'\?\); valid keys: .*num_centers",
+         ValueError,
+         r"config.json: unknown key 'num_centres' \(did you mean 'num_centers'\?\); valid keys: .*num_centers",
          nothing_written),
     Case("hub-sidecar-processor-typo", lambda env: convert_with_hub_config(env, {}, {"processor": {"fsp": 3}}),
          ValueError, r"hub.json: unknown key 'processor.fsp' \(did you mean 'fps'\?\); valid processor keys: .*fps",
