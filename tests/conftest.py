@@ -139,34 +139,6 @@ def write_audio(path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def bad_videos(tmp_path_factory, make_video):
-    """One file per kind of bad input, plus a good clip to cut from."""
-    folder = tmp_path_factory.mktemp("bad")
-    good = Path(make_video(folder / "good.mp4", 12, size=32))
-    faststart = Path(make_video(folder / "faststart.mp4", 40, size=32, faststart=True))  # index first, data after
-    data = good.read_bytes()
-    rng = np.random.default_rng(0)
-    files = {
-        "corrupt": (folder / "corrupt.mp4", rng.integers(0, 256, 4096, dtype=np.uint8).tobytes()),
-        "empty": (folder / "empty.mp4", b""),
-        "truncated": (folder / "truncated.mp4", data[: len(data) // 2]),
-        "truncated_data": (folder / "truncated_data.mp4", faststart.read_bytes()[: faststart.stat().st_size * 2 // 3]),
-        "not_a_video": (folder / "notes.mp4", b"these are meeting notes, not a video\n" * 20),
-        "a_jpeg_header": (folder / "picture.avi", b"\xff\xd8\xff\xe0" + bytes(200)),
-    }
-    paths = {kind: path for kind, (path, content) in files.items()}
-    for path, content in files.values():
-        path.write_bytes(content)
-    paths["zero_frames"] = Path(make_video(folder / "zero_frames.mp4", 0, size=32))  # no video track left
-    paths["zero_frames_avi"] = Path(make_video(folder / "zero_frames.avi", 0, size=32, codec="mpeg4"))  # empty track
-    assert paths["zero_frames"].stat().st_size > 0 and paths["zero_frames_avi"].stat().st_size > 0
-    paths["audio_only"] = write_audio(folder / "audio_only.mp4")
-    paths["missing"] = folder / "does_not_exist.mp4"
-    paths["directory"] = folder
-    return {"good": good, **paths}
-
-
-@pytest.fixture(scope="session")
 def splits_dir() -> Path:
     """The real benchmark split files (`../shared/splits`, or `$CENTERCLIP_SPLITS_DIR`)."""
     if not (SPLITS_DIR / "msrvtt" / "MSRVTT_JSFUSION_test.csv").is_file():
