@@ -132,7 +132,9 @@ def _use_triton(backend: str, device: torch.device) -> bool:
         if importlib.util.find_spec("triton") is None:
             raise ImportError("backend='triton' needs the triton package (pip install triton)")
         if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"backend='triton' needs CUDA tensors (got {device.type}), or TRITON_INTERPRET=1 set before start")
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got {device.type}), or TRITON_INTERPRET=1 set before start"
+            )
     return backend == "triton"
 
 

@@ -3,8 +3,9 @@ convergence test, and the final assignment, one program per segment, with no hos
 
 It reproduces `clustering.kmedoids`' torch path exactly (same medoids, same assignment): it reads the same
 distance matrix (finishing `pairwise_distance`'s last elementwise steps itself, with correctly rounded square
-roots, as it loads the entries) and norms, and follows the same rules -- ties to the lowest index, a token strictly nearest to
-itself, update costs summed in float64 (exact for fp32 distances, so the summation order cannot matter).
+roots, as it loads the entries), norms and mask, and follows the same rules -- ties to the lowest index, a
+token strictly nearest to itself, update costs summed in float64 (exact for fp32 distances, so the summation
+order cannot matter). docs/fused_clustering.md describes the phases.
 Imported lazily by `clustering.py` only when the Triton backend is used, so the model loads without Triton.
 Under `TRITON_INTERPRET=1` (set before this module is imported) the kernel runs on CPU tensors, which is how
 the tests check the equality without a GPU.
@@ -107,7 +108,8 @@ def _kmedoids_kernel(
             row_labels = tl.load(assign_out + rows, mask=rows < N, other=-2, volatile=True)
             same = (row_labels[:, None] == labels[None, :]) & real[None, :]
             d = _distances(dist, rows[:, None], offs[None, :], real[None, :], (rows < N)[:, None] & same, 0.0, N, SQRT)
-            row_cost = tl.where(_real_tokens(mask_ptr, rows, N, HAS_MASK), tl.sum(d.to(tl.float64), axis=1), float("inf"))
+            row_cost = tl.sum(d.to(tl.float64), axis=1)
+            row_cost = tl.where(_real_tokens(mask_ptr, rows, N, HAS_MASK), row_cost, float("inf"))
             tl.store(cost + rows, row_cost, mask=rows < N)
         tl.debug_barrier()
         costs = tl.load(cost + offs, mask=valid, other=float("inf"), volatile=True)
@@ -134,7 +136,12 @@ def _kmedoids_kernel(
 
 
 def kmedoids_fused(
-    dist: torch.Tensor, euclidean: bool, norms: torch.Tensor, mask: torch.Tensor | None, num_clusters: int, max_iters: int
+    dist: torch.Tensor,
+    euclidean: bool,
+    norms: torch.Tensor,
+    mask: torch.Tensor | None,
+    num_clusters: int,
+    max_iters: int,
 ):
     """k-medoids in one kernel launch, on token norms `[B, N]` and fp32 distances `[B, N, N]` as
     `clustering._unclamped_distance` returns them (squared if `euclidean`); `mask` `[B, N]` bool as
@@ -161,4 +168,5 @@ def launch_config(num_tokens: int) -> dict:
     No floating-point contraction: nothing here multiplies, and exactness must not depend on a compiler default.
     """
     block_n = triton.next_power_of_2(num_tokens)
-    return {"BLOCK_I": max(1, min(block_n, _TILE // block_n)), "BLOCK_N": block_n, "num_warps": 8, "enable_fp_fusion": False}
+    block_i = max(1, min(block_n, _TILE // block_n))
+    return {"BLOCK_I": block_i, "BLOCK_N": block_n, "num_warps": 8, "enable_fp_fusion": False}
