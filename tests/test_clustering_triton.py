@@ -1,8 +1,9 @@
 """The fused Triton k-medoids returns exactly what the torch path returns, checked without a GPU.
 
 Triton's interpreter (`TRITON_INTERPRET=1`) runs the kernel on CPU tensors, but the variable is read when the
-kernel module is imported, so the equality cases run in one subprocess started with it set (this file run as
-a script), which reports every case's mismatches as JSON; each case is then its own test here.
+kernel module is imported, so the equality cases run in one subprocess started with it set
+(`clustering_cases.py` run as a script), which reports every case's mismatches as JSON; each case is then its
+own test here.
 """
 
 import json
@@ -13,150 +14,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from clustering_cases import ALL_CASES
 from transformers.dynamic_module_utils import get_imports
 
 from modeling_centerclip import clustering
 
 
-# Cases: name -> list of (tokens, K, kmedoids keyword arguments), built in the subprocess only.
-def _random_shapes(seed: int, distance: str):
-    from test_clustering import random_cases  # duplicates (padded frames) in a third, K = N in a sixth
-
-    return [(tokens, k, {"distance": distance}) for tokens, k in random_cases(seed)]
-
-
-def _exact_duplicates():
-    frame = torch.randn(2, 6, 4, generator=torch.Generator().manual_seed(4))
-    return [(frame.repeat(1, 3, 1), k, {}) for k in (1, 4, 6, 10, 18)]  # three identical frames
-
-
-def _padded_vit_b32_segment():
-    g = torch.Generator().manual_seed(3)
-    frames = torch.randn(2, 3, 49, 64, generator=g) + torch.randn(2, 1, 49, 64, generator=g) * 3
-    frames[1, 2] = frames[1, 1]  # the last frame repeats the one before, as padding does
-    return [(frames.flatten(1, 2), 49, {}), (frames.flatten(1, 2), 49, {"distance": "cosine"})]
-
-
-def _n_equals_2k():
-    g = torch.Generator().manual_seed(5)
-    tokens = torch.randn(3, 24, 8, generator=g)
-    padded = tokens.clone()
-    padded[:, 12:] = padded[:, :12]
-    return [(tokens, 12, {}), (padded, 12, {}), (padded, 12, {"distance": "cosine"})]
-
-
-def _grid_ties():
-    # Integer coordinates: many exactly equal distances and costs, so every tie rule is exercised.
-    g = torch.Generator().manual_seed(6)
-    return [(torch.randint(0, 3, (4, 30, 3), generator=g).float(), k, {}) for k in (2, 5, 9, 15)]
-
-
-def _few_iterations():
-    g = torch.Generator().manual_seed(7)
-    tokens = torch.randn(3, 36, 6, generator=g)
-    return [(tokens, 6, {"max_iters": m}) for m in (0, 1, 2, 3)]
-
-
-def _larger_random():
-    g = torch.Generator().manual_seed(8)
-    return [
-        (torch.randn(2, 100, 32, generator=g) * 2, 25, {}),
-        (torch.randn(1, 70, 16, generator=g), 35, {"distance": "cosine"}),
-    ]
-
-
-def _masked_tokens():
-    from test_clustering import masked_case  # trailing and scattered padding, and a row without real tokens
-
-    cases = []
-    for seed, k in [(0, 5), (1, 6), (2, 24)]:  # K = 24 exceeds row 0's 20 real tokens
-        tokens, mask = masked_case(seed=seed)
-        cases += [(tokens, k, {"mask": mask}), (tokens, k, {"mask": mask, "distance": "cosine"})]
-    padded = torch.randn(2, 3, 12, 4, generator=torch.Generator().manual_seed(12))
-    padded[:, 2] = padded[:, 1]  # a repeated padding frame, masked out, with exact duplicates left in it
-    mask = torch.ones(2, 3, 12, dtype=torch.bool)
-    mask[1, 2] = False
-    return cases + [(padded.flatten(1, 2), k, {"mask": mask.flatten(1)}) for k in (4, 12, 30)]
-
-
-CASES = {
-    "random_shapes_euclidean": lambda: _random_shapes(0, "euclidean"),
-    "random_shapes_cosine": lambda: _random_shapes(1, "cosine"),
-    "exact_duplicates": _exact_duplicates,
-    "padded_vit_b32_segment": _padded_vit_b32_segment,
-    "n_equals_2k": _n_equals_2k,
-    "grid_ties": _grid_ties,
-    "few_iterations": _few_iterations,
-    "larger_random": _larger_random,
-    "masked_tokens": _masked_tokens,
-}
-
-
-def _mismatches(fused, reference, what: str) -> list[str]:
-    return [
-        f"{what}: {name} differs in segments {torch.nonzero((a != b).any(-1)).flatten().tolist()}"
-        for name, a, b in zip(("assignment", "medoids"), fused, reference)
-        if not torch.equal(a, b)
-    ]
-
-
-def _run_cases() -> dict:
-    """Subprocess side: every case through both backends; also spectral clustering, bf16 input, batch splits."""
-    import modeling_centerclip.clustering_triton as fused_module
-
-    calls = []
-    kernel_entry = fused_module.kmedoids_fused
-    fused_module.kmedoids_fused = lambda *args: calls.append(1) or kernel_entry(*args)
-
-    results = {}
-    for name, build in CASES.items():
-        failures, calls[:] = [], []
-        for tokens, k, kwargs in build():
-            what = f"{tuple(tokens.shape)} K={k} {kwargs}"
-            reference = clustering.kmedoids(tokens, k, backend="torch", **kwargs)
-            failures += _mismatches(clustering.kmedoids(tokens, k, backend="triton", **kwargs), reference, what)
-        results[name] = {"failures": failures, "kernel_calls": len(calls)}
-
-    failures, calls[:] = [], []
-    tokens = torch.randn(4, 40, 8, generator=torch.Generator().manual_seed(9))
-    reference = clustering.kmedoids(tokens, 10, backend="torch")
-    whole = clustering.kmedoids(tokens, 10, backend="triton")
-    parts = [clustering.kmedoids(part, 10, backend="triton") for part in tokens.split(3)]
-    failures += _mismatches(whole, reference, "whole batch")
-    failures += _mismatches(tuple(torch.cat(p) for p in zip(*parts)), reference, "batch split 3 + 1")
-    results["batch_splits"] = {"failures": failures, "kernel_calls": len(calls)}
-
-    failures, calls[:] = [], []
-    tokens = torch.randn(2, 30, 8, generator=torch.Generator().manual_seed(10)).bfloat16()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        failures += _mismatches(
-            clustering.kmedoids(tokens, 7, backend="triton"), clustering.kmedoids(tokens, 7, backend="torch"), "bf16"
-        )
-    results["bf16_under_autocast"] = {"failures": failures, "kernel_calls": len(calls)}
-
-    failures, calls[:] = [], []
-    tokens = torch.randn(3, 40, 8, generator=torch.Generator().manual_seed(11))
-    mask = torch.ones(3, 40, dtype=torch.bool)
-    mask[1, 30:] = False
-    for kwargs in [{}, {"mask": mask}]:
-        failures += _mismatches(
-            clustering.spectral_clustering(tokens, 6, knn=8, backend="triton", **kwargs),
-            clustering.spectral_clustering(tokens, 6, knn=8, backend="torch", **kwargs),
-            f"spectral {list(kwargs)}",
-        )
-    results["spectral"] = {"failures": failures, "kernel_calls": len(calls)}
-    return results
-
-
-ALL_CASES = [*CASES, "batch_splits", "bf16_under_autocast", "spectral"]
-
-
 @pytest.fixture(scope="module")
 def interpreted_results():
     env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=550, cwd=Path(__file__).parents[1]
-    )
+    script = Path(__file__).with_name("clustering_cases.py")
+    done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=550)
     assert done.returncode == 0, done.stderr[-4000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -213,7 +81,3 @@ def test_kernel_compiles_for_hopper_at_vit_b16_segment_size():
     options = {key: config[key] for key in ("num_warps", "enable_fp_fusion")}
     kernel = compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert "bar.sync" in kernel.asm["ptx"] and len(kernel.asm["cubin"]) > 0
-
-
-if __name__ == "__main__":
-    print(json.dumps(_run_cases()))
