@@ -5,8 +5,11 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
 
+from modeling_centerclip import clustering
+from modeling_centerclip import modeling_centerclip as modeling
 from modeling_centerclip.clustering import kmedoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -41,3 +44,14 @@ def test_operation_counters():
     torch_ops = benchmark_speed.ops_per_call(partial(kmedoids, tokens, 3), "torch")
     fused_ops = benchmark_speed.ops_per_call(partial(kmedoids, tokens, 3), "triton")
     assert torch_ops > 50 and fused_ops == 17  # 12 for input, distances and norms (views too), 4 allocations, 1 launch
+
+
+def test_forced_clustering_backend_reaches_the_models_calls(monkeypatch):
+    """The CUDA run times the tower with the torch path forced; here forcing Triton on CPU tensors must fail."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tokens = torch.randn(2, 12, 4)
+    with benchmark_speed.clustering_backend("triton"):
+        for cluster in (modeling.kmedoids, modeling.spectral_clustering):
+            with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+                cluster(tokens, 3)
+    assert modeling.kmedoids is clustering.kmedoids and kmedoids(tokens, 3)[1].shape == (2, 3)
