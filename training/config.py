@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--max_words", type=int, default=32, help="caption length in tokens")
     model.add_argument("--fps", type=float, help="decode videos at this frame rate (default: the checkpoint's "
                        "processor setting; 3, the paper's, for a stock CLIP checkpoint)")
-    model.add_argument("--gradient_checkpointing", action="store_true",
+    model.add_argument("--gradient_checkpointing", action=argparse.BooleanOptionalAction, default=False,
                        help="recompute activations in the backward pass (less memory, about 30 %% more time)")
     model.add_argument("--tokenizer_name_or_path", help="from scratch: a CLIP tokenizer to use instead of training one")
     model.add_argument("--tokenizer_vocab_size", type=int, default=1000,
