@@ -166,7 +166,7 @@ def test_gradient_checkpointing_trains_to_the_same_loss(tiny_clip):
     for checkpointing in (False, True):
         model = CenterCLIPModel.from_pretrained(tiny_clip, num_frames=4, num_segments=2, num_centers=8, cluster_layer=6)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         loss = batch_loss(model, batch)
         loss.backward()

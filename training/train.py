@@ -127,7 +127,7 @@ def build_model_and_processor(args, train_split, accelerator: Accelerator):
     if args.fps is not None:
         processor.fps = args.fps
     if args.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, processor
 
 
