@@ -185,6 +185,10 @@ def validate_args(args: argparse.Namespace) -> None:
         fail("model_config", "file not found")
     if args.model_config:
         model_config_settings(args)
+    if args.model_name_or_path:
+        from training.tokenizer import check_tokenizer_files
+
+        check_tokenizer_files(args.model_name_or_path, checkpoint_tokenizer_remedy(args.model_name_or_path))
     for key in ("corpus", "output_dir"):
         if not getattr(args, key):
             fail(key, "required")
@@ -216,6 +220,11 @@ def validate_args(args: argparse.Namespace) -> None:
         fail("resume", "must be 'latest', a run's output_dir or an existing checkpoint folder")
     if args.push_to_hub and not args.hub_model_id:
         fail("hub_model_id", "required with push_to_hub")
+
+
+def checkpoint_tokenizer_remedy(folder: str) -> str:
+    return (f"copy the tokenizer files of the CLIP checkpoint it came from (tokenizer.json, or vocab.json and "
+            f"merges.txt) into {folder}, or pass a checkpoint folder / Hub id that has them")
 
 
 def per_device_batch_size(args: argparse.Namespace, num_processes: int) -> int:

@@ -54,10 +54,11 @@ from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPPro
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS
 from modeling_centerclip.processing_centerclip import PAPER_FPS
 from training.checkpoints import checkpoint_step, find_checkpoint, read_history, save_checkpoint
-from training.config import PLAN_KEYS, build_parser, model_config_settings, parse_args, per_device_batch_size
+from training.config import (PLAN_KEYS, build_parser, checkpoint_tokenizer_remedy, model_config_settings, parse_args,
+                             per_device_batch_size)
 from training.corpora import CORPUS_KEYS, all_captions, expand_captions
 from training.losses import batch_loss
-from training.tokenizer import check_tokenizer, check_tokenizer_files
+from training.tokenizer import check_tokenizer
 
 logger = get_logger(__name__)
 
@@ -91,9 +92,7 @@ def build_model_and_processor(args, train_split, accelerator: Accelerator):
     the training captions. Returns `(model, processor)`."""
     overrides = {key: value for key in CENTERCLIP_FIELDS if (value := getattr(args, key, None)) is not None}
     if args.model_name_or_path:
-        remedy = (f"copy the tokenizer files of the CLIP checkpoint it came from (tokenizer.json, or vocab.json and "
-                  f"merges.txt) into {args.model_name_or_path}, or pass a checkpoint folder / Hub id that has them")
-        check_tokenizer_files(args.model_name_or_path, remedy)  # before loading any weights
+        remedy = checkpoint_tokenizer_remedy(args.model_name_or_path)  # files were checked with the settings
         model = CenterCLIPModel.from_pretrained(args.model_name_or_path, **overrides)
         try:
             processor = CenterCLIPProcessor.from_pretrained(args.model_name_or_path)  # stock CLIP: 3 fps
