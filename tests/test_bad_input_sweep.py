@@ -65,9 +65,10 @@ def _clip_folder_without_tokenizer(tmp, fx):
 
 
 def _convert_without_tokenizer(tmp, fx):
+    from tiny_models import CLUSTER
     from training.publish import convert_clip_checkpoint
 
-    return convert_clip_checkpoint(fx["clip_without_tokenizer"], "centerclip-vitb32", tmp / "converted")
+    return convert_clip_checkpoint(fx["clip_without_tokenizer"], dict(CLUSTER), tmp / "converted")
 
 
 def _empty_tokenizer(tmp, fx):

@@ -184,14 +184,6 @@ def convert_clip_checkpoint(
         ValueError: the hub configuration's architecture disagrees with the checkpoint's, or its settings do
             not fit the architecture, or the checkpoint lacks weights the model needs.
     """
-    # The tokenizer first: Transformers 5 would build an empty one from a folder without its files.
-    remedy = "pass the CLIP tokenizer's folder or Hub id with --tokenizer (tokenizer=... in Python)"
-    if tokenizer is None:
-        tokenizer = load_checked_tokenizer(clip_name_or_path, remedy)
-    elif isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_checked_tokenizer(tokenizer, remedy)
-    else:
-        check_tokenizer(tokenizer, "tokenizer", remedy)
     hub = load_hub_config(hub_config)
     settings = {**hub.centerclip_settings, **(overrides or {})}
     source = checkpoint_settings(clip_name_or_path)
@@ -217,6 +209,14 @@ def convert_clip_checkpoint(
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty; pass overwrite=True (--overwrite) to write into it")
 
+    # Before loading weights: Transformers 5 would build an empty tokenizer from a folder without its files.
+    remedy = "pass the CLIP tokenizer's folder or Hub id with --tokenizer (tokenizer=... in Python)"
+    if tokenizer is None:
+        tokenizer = load_checked_tokenizer(clip_name_or_path, remedy)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_checked_tokenizer(tokenizer, remedy)
+    else:
+        check_tokenizer(tokenizer, "tokenizer", remedy)
     model, loading = CenterCLIPModel.from_pretrained(
         clip_name_or_path, config=config, use_safetensors=True, output_loading_info=True
     )
