@@ -132,7 +132,7 @@ def test_dry_run_plan_matches_the_paper(name, benchmarks, tiny_clip, tmp_path, c
 
 def test_dry_run_splits_the_global_batch_and_refuses_a_remainder(benchmarks, tiny_clip, tmp_path, capsys):
     base = ["--config", str(CONFIGS / "activitynet_vitb32.yaml"), "--model_name_or_path", str(tiny_clip),
-            *benchmarks["activitynet"], "--output_dir", str(tmp_path / "run")]  # fmt: skip
+            *benchmarks["activitynet"], "--output_dir", str(tmp_path / "run"), "--num_workers", "0"]  # fmt: skip
     plan = dry_run(capsys, [*base, "--gradient_accumulation_steps", "4", "--no-expand_captions"])
     assert (plan["global_batch_size"], plan["per_device_train_batch_size"], plan["optimizer_steps"]) == ("128", "32", "624")
     with pytest.raises(ValueError, match=r"global_batch_size'=128: not divisible by 1 process\(es\) x "
@@ -142,7 +142,7 @@ def test_dry_run_splits_the_global_batch_and_refuses_a_remainder(benchmarks, tin
 
 def test_caption_expansion_is_optional(benchmarks, tiny_clip, tmp_path, capsys):
     base = ["--config", str(CONFIGS / "msvd_vitb32.yaml"), "--model_name_or_path", str(tiny_clip),
-            *benchmarks["msvd"], "--output_dir", str(tmp_path / "run")]  # fmt: skip
+            *benchmarks["msvd"], "--output_dir", str(tmp_path / "run"), "--num_workers", "0"]  # fmt: skip
     plan = dry_run(capsys, [*base, "--no-expand_captions"])
     assert (plan["items_per_epoch"], plan["item_kind"], plan["steps_per_epoch"]) == ("1200", "video", "9")
 
@@ -167,6 +167,7 @@ def test_gradient_checkpointing_trains_to_the_same_loss(tiny_clip):
         model = CenterCLIPModel.from_pretrained(tiny_clip, num_frames=4, num_segments=2, num_centers=8, cluster_layer=6)
         if checkpointing:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        assert model.is_gradient_checkpointing == checkpointing
         model.train()
         loss = batch_loss(model, batch)
         loss.backward()
