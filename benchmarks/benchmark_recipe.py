@@ -9,7 +9,7 @@ does, and times forward + backward + AdamW step on synthetic batches (no data lo
 separately, see the README) under bf16 autocast on CUDA, fp32 on the CPU (each config in a fresh process, so the
 peak memory is that config's). It reports seconds per item, peak memory (CUDA: `max_memory_allocated`; CPU: peak
 RSS of the process), and the projected training time: plan steps x 128 items x seconds per item, for one device.
-Output: a table on stdout and `benchmarks/results/recipe_<device>.json`.
+Output: a table on stdout and `docs/benchmark_recipe_<cpu|cuda>.json` (or `--output`).
 """
 
 import argparse
@@ -97,6 +97,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--configs", nargs="+", default=sorted(PLAN_STEPS))
     parser.add_argument("--micro_batch", type=int, help="items per step (default: 128 on a GPU, 2 on a CPU)")
     parser.add_argument("--steps", type=int, default=2, help="timed steps per config (best is kept)")
+    parser.add_argument("--output", help="JSON file to write (default: docs/benchmark_recipe_<cpu|cuda>.json)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one config in this process
     args = parser.parse_args(argv)
     micro_batch = args.micro_batch or (GLOBAL_BATCH if torch.cuda.is_available() else 2)
@@ -113,8 +114,8 @@ def main(argv=None) -> list[dict]:
               f"{r['plan_steps']} steps -> {r['projected_hours_one_device']:.1f} h on one device (micro-batch {micro_batch})",
               flush=True)  # fmt: skip
     kind = "cuda" if torch.cuda.is_available() else "cpu"
-    target = REPO / "benchmarks" / "results" / f"recipe_{kind}.json"
-    target.parent.mkdir(exist_ok=True)
+    target = Path(args.output) if args.output else REPO / "docs" / f"benchmark_recipe_{kind}.json"
+    target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(results, indent=2))
     print(f"wrote {target}")
     return results
