@@ -23,6 +23,9 @@ from transformers.processing_utils import ProcessorMixin
 from transformers.utils.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
+PAPER_FPS = 3.0  # the paper decodes videos at 3 frames per second
+
+
 class VideoDecodeError(ValueError):
     """A video could not be read or decoded; the message names the file (or `videos[i]` for an array)."""
 
@@ -242,6 +245,15 @@ class CenterCLIPProcessor(ProcessorMixin):
     """
 
     model_input_names = ["input_ids", "attention_mask", "pixel_values", "video_mask"]
+
+    @classmethod
+    def get_processor_dict(cls, pretrained_model_name_or_path, **kwargs):
+        # A stock CLIP checkpoint has no video settings: decode at the paper's frame rate. A saved
+        # CenterCLIPProcessor always records `fps` (null = every frame), which is kept as it is.
+        processor_dict, instantiation_kwargs = super().get_processor_dict(pretrained_model_name_or_path, **kwargs)
+        if "fps" not in processor_dict:
+            processor_dict = {**processor_dict, "fps": PAPER_FPS}
+        return processor_dict, instantiation_kwargs
 
     def __init__(
         self,

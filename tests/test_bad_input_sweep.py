@@ -256,6 +256,129 @@ CASES += [
 ]  # fmt: skip
 
 
+# --- training and evaluation CLI ---------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def train_args(tmp: Path, *extra: str):
+    from training.config import parse_args
+
+    return parse_args(["--corpus", "demo", "--output_dir", str(tmp / "out"), *extra])
+
+
+def tiny_model_config(tmp: Path) -> str:
+    return write(tmp / "tiny_model.json", '{"num_frames": 4}')
+
+
+def clip_without_tokenizer(tmp: Path) -> str:
+    """A stock CLIP folder (weights and config) whose tokenizer files were not copied."""
+    from tiny_models import tiny_clip_config
+    from transformers import CLIPModel
+
+    CLIPModel(tiny_clip_config()).save_pretrained(tmp / "clip")
+    return str(tmp / "clip")
+
+
+def cli_error(main, *argv: str):
+    """Run a CLI's `main`; an argparse error (exit status 2) is re-raised as `SystemExit(<its message>)`."""
+    import contextlib
+    import io
+
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            return main(list(argv))
+    except SystemExit as error:
+        raise SystemExit(stderr.getvalue() or str(error)) from None
+
+
+def evaluate_cli(*argv: str):
+    from training.evaluate import main
+
+    return cli_error(main, *argv)
+
+
+def global_batch_remainder(tmp):
+    from training.config import per_device_batch_size
+
+    args = train_args(tmp, "--model_config", tiny_model_config(tmp), "--global_batch_size", "128",
+                      "--gradient_accumulation_steps", "3")
+    return per_device_batch_size(args, num_processes=1)
+
+
+def resume(tmp, folder: str):
+    from training.checkpoints import find_checkpoint
+
+    (tmp / "out" / "checkpoints" / "step_7").mkdir(parents=True)  # killed while saving (an older version)
+    (tmp / "elsewhere").mkdir()
+    return find_checkpoint(str(tmp / folder), str(tmp / "out"))
+
+
+def empty_tokenizer(_):
+    from transformers import CLIPTokenizer
+
+    from training.tokenizer import check_tokenizer
+
+    return check_tokenizer(CLIPTokenizer(), "my_tokenizer", "pass a real one")  # what Transformers 5 builds
+
+
+def starts_fresh(checkpoint):
+    assert checkpoint is None, checkpoint  # the incomplete step_7 is passed over: nothing to resume from
+
+
+def cuda_without_cuda(tmp):
+    from unittest import mock
+
+    with mock.patch("torch.cuda.is_available", return_value=False):
+        return evaluate_cli("--model", clip_without_tokenizer(tmp), "--corpus", "demo", "--device", "cuda")
+
+
+CASES += [
+    Case("train --config with a YAML syntax error", lambda tmp: train_args(
+        tmp, "--config", write(tmp / "broken.yaml", "corpus: demo\nlearning_rate: [1e-4\nseed: 0\n")),
+         ValueError, r"broken\.yaml, line 3: not valid YAML"),
+    Case("train --output_dir that is a file", lambda tmp: (write(tmp / "out", "a file"), train_args(
+        tmp, "--model_config", tiny_model_config(tmp))), ValueError, r"config key 'output_dir'=.*is a file"),
+    Case("model_config typo (inline)", lambda tmp: train_args(
+        tmp, "--config", write(tmp / "run.yaml", "model_config: {num_frames: 4, cluster_algorithm: spectral}\n")),
+         ValueError, r"config key 'cluster_algorithm' \(model_config in .*run\.yaml\): not a CenterCLIPConfig field; "
+         r"valid keys: .*cluster_algo"),
+    Case("model_config typo (its JSON file)", lambda tmp: train_args(
+        tmp, "--model_config", write(tmp / "model.json", '{"num_frames": 4, "num_centres": 8}')),
+         ValueError, r"config key 'num_centres' \(.*model\.json\).*valid keys: .*num_centers"),
+    Case("train on a CLIP folder without tokenizer files", lambda tmp: train_args(
+        tmp, "--model_name_or_path", clip_without_tokenizer(tmp)), ValueError,
+         r"clip: no tokenizer files \(it needs tokenizer\.json, or vocab\.json and merges\.txt\); copy the tokenizer"),
+    Case("convert a CLIP folder without tokenizer files", lambda tmp: convert_clip_checkpoint(
+        clip_without_tokenizer(tmp), {"num_frames": 4, "num_segments": 2, "num_centers": 6, "cluster_layer": 2},
+        tmp / "converted"), ValueError, r"clip: no tokenizer files .*--tokenizer"),
+    Case("an empty CLIPTokenizer", empty_tokenizer, ValueError, r"my_tokenizer: the tokenizer has no usable vocabulary"),
+    Case("global batch that does not divide", global_batch_remainder, ValueError,
+         r"'global_batch_size'=128: not divisible by 1 process\(es\) x gradient_accumulation_steps=3"),
+    Case("--resume an incomplete checkpoint", lambda tmp: resume(tmp, "out/checkpoints/step_7"), ValueError,
+         r"step_7: this checkpoint is incomplete.*'latest'"),
+    Case("--resume a folder that is no run", lambda tmp: resume(tmp, "elsewhere"), ValueError,
+         r"elsewhere: neither a checkpoint folder \(step_N\) nor a run's output_dir"),
+    Case("--resume <output_dir> whose only checkpoint is incomplete", lambda tmp: resume(tmp, "out"), None,
+         check=starts_fresh),
+    Case("evaluate --chunk_size 0", lambda tmp: evaluate_cli("--model", "m", "--corpus", "demo", "--chunk_size", "0"),
+         SystemExit, r"--chunk_size: must be a positive integer, got 0"),
+    Case("evaluate --device cuda without CUDA", cuda_without_cuda, SystemExit,
+         r"--device cuda: this torch .* has no usable CUDA device; use --device cpu"),
+    Case("evaluate a folder without processor files", lambda tmp: evaluate_cli(
+        "--model", clip_without_tokenizer(tmp), "--corpus", "demo", "--device", "cpu"), SystemExit,
+         r"--model .*clip: no processor_config\.json"),
+    Case("evaluate --from_embeddings of a folder without them", lambda tmp: (tmp / "emb").mkdir() or evaluate_cli(
+        "--from_embeddings", str(tmp / "emb")), FileNotFoundError,
+         r"--from_embeddings .*emb: no embeddings\.safetensors \(write it with --save_embeddings\)"),
+]  # fmt: skip
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_bad_input(case: Case, tmp_path):
     if case.raises is None:

@@ -253,3 +253,60 @@ def test_undecodable_training_videos_are_skipped_and_counted(tmp_path, corpus):
     assert summary["steps"] == 2
     recorded = json.loads((tmp_path / "run" / "train_summary.json").read_text())
     assert recorded["skipped_videos"] == 1
+
+
+def _run_killed(code: str, argv: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", code, *argv], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=180)  # fmt: skip
+
+
+def test_killed_during_final_evaluation_leaves_a_loadable_final_model(tmp_path, corpus):
+    from transformers import AutoModel, AutoProcessor
+
+    import modeling_centerclip  # noqa: F401
+
+    config = write_config(tmp_path, corpus, max_train_steps=2, eval_split="test")
+    kill_in_evaluation = (
+        "import os, signal, sys, training.evaluate as e; from training.train import main; "
+        "e.evaluate_model = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); main(sys.argv[1:])"
+    )
+    killed = _run_killed(kill_in_evaluation, ["--config", config, "--output_dir", str(tmp_path / "run")])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (tmp_path / "run" / "eval_results.json").exists()  # it died in the evaluation...
+    final = tmp_path / "run" / "final"
+    model, processor = AutoModel.from_pretrained(final), AutoProcessor.from_pretrained(final)  # ...with the model saved
+    assert type(model).__name__ == "CenterCLIPModel" and processor.num_frames == 4
+
+
+def test_killed_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(tmp_path, corpus):
+    config = write_config(tmp_path, corpus, max_train_steps=3, checkpointing_steps=1, checkpoints_total_limit=5)
+    run = tmp_path / "run"
+    # SIGKILL inside Accelerate's save_state of step 2: its files are written, the rename never happens
+    kill_while_saving_step_2 = (
+        "import os, signal, sys, accelerate; from training.train import main; save = accelerate.Accelerator.save_state\n"
+        "def dying(self, folder, *a, **k):\n"
+        "    save(self, folder, *a, **k)\n"
+        "    if 'step_2' in folder: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "accelerate.Accelerator.save_state = dying; main(sys.argv[1:])"
+    )
+    killed = _run_killed(kill_while_saving_step_2, ["--config", config, "--output_dir", str(run)])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == [".step_2.tmp", "step_1"]
+    # a half-copied step_2 left by an older version is passed over too
+    (checkpoints / "step_2").mkdir()
+    with pytest.raises(ValueError, match=r"step_2: this checkpoint is incomplete.*pass the run's output_dir"):
+        main(["--config", config, "--output_dir", str(run), "--resume", str(checkpoints / "step_2")])
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    resumed = subprocess.run([sys.executable, "training/train.py", "--config", config, "--output_dir", str(run),
+                              "--resume", str(run)], cwd=REPO, capture_output=True, text=True, timeout=180,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resumed from {checkpoints / 'step_1'} at step 1" in resumed.stderr
+    assert f"passing over incomplete checkpoint(s) {checkpoints / 'step_2'}" in resumed.stderr
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step_1", "step_2", "step_3"]
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 3

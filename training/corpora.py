@@ -477,6 +477,23 @@ def all_captions(split) -> list[str]:
     return [c for caption in split["caption"] for c in ([caption] if isinstance(caption, str) else caption)]
 
 
+def expand_captions(split):
+    """One row per (video, caption) pair: the paper's training epoch ("expanded sentences"; MSR-VTT 9k: 180,000
+    items instead of 9,000). A split with one caption per row is returned as it is."""
+    if split.features["caption"] == Value("string"):
+        return split
+    features = split.features.copy()
+    features["caption"] = Value("string")
+
+    def explode(batch: dict) -> dict:
+        counts = [len(captions) for captions in batch["caption"]]
+        rows = {key: [value for value, n in zip(values, counts) for _ in range(n)] for key, values in batch.items()}
+        rows["caption"] = [caption for captions in batch["caption"] for caption in captions]
+        return rows
+
+    return split.map(explode, batched=True, features=features, desc="one item per caption")
+
+
 # Keyword arguments of `load_corpus` that scripts take as flags of the same names.
 CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
 

@@ -1,17 +1,32 @@
 """Text-video retrieval evaluation: encode each video and caption once, rank in chunks, report R@K / MdR / MnR.
 
     python training/evaluate.py --model outputs/demo/centerclip/final --corpus outputs/demo/corpus \
-        --split test --output report.json
+        --split test --output report.json --save_embeddings outputs/demo/embeddings
+    python training/evaluate.py --from_embeddings outputs/demo/embeddings --post_process dsl   # no re-encoding
 
-Ranks start at 1. Ties count against the model (pessimistic): the rank of the ground truth is the number of
-candidates scoring at least as high as it, so a model that scores everything equally gets the worst rank,
-never a lucky one. Several captions per video (MSVD): text->video ranks every caption; video->text takes the
-best rank among the video's captions.
+Ranks start at 1. Ties with a wrong candidate count against the model (pessimistic): the rank of the ground
+truth is 1 + the number of wrong candidates scoring at least as high as the best right one, so a model that
+scores everything equally gets the worst rank, never a lucky one. Right candidates tied with the best right one
+(two identical captions of one video) are no competitors.
+
+Several captions per video (MSVD), two video->text protocols, both reported:
+- `v2t` ("all captions"): every caption of every other video competes; the rank is that of the video's best caption.
+- `v2t_clip4clip` (CLIP4Clip's protocol, the one published tables use): of every other video only its
+  best-scoring caption competes. With one caption per video the two are the same and only `v2t` is reported.
+
+`--post_process dsl` adds dual-softmax (inverted softmax) re-scored results under `dsl`, beside the plain ones:
+each similarity is multiplied by the softmax, over the other side's queries, of `temperature * similarity`.
+
+With several processes (`accelerate launch`), each encodes its own block of whole video batches; the embeddings
+are gathered in order before ranking, so the result equals a one-process run exactly. A video that cannot be
+decoded is reported (its file and the reason), and it and its captions are left out of the metrics.
 """
 
 import argparse
 import functools
 import json
+import logging
+import math
 import os
 import sys
 import time
@@ -23,7 +38,19 @@ if __package__ in (None, "") and __name__ == "__main__":
     # Run as a script: import from the repository root, not from training/ (this file would shadow `evaluate`).
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+logger = logging.getLogger(__name__)
+
 METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "retrieval")
+V2T_PROTOCOLS = ("all_captions", "clip4clip")
+POST_PROCESSES = ("none", "dsl")
+DSL_TEMPERATURE = 100.0  # CLIP's logit scale, the usual inverse temperature of the dual softmax
+PROTOCOL_NAMES = {
+    "t2v": "text->video: rank of the caption's video among all videos",
+    "v2t": "video->text, all captions: every caption of every other video competes",
+    "v2t_clip4clip": "video->text, CLIP4Clip protocol: only each other video's best-scoring caption competes",
+    "dsl": "the same, re-scored with the dual softmax (inverted softmax) over the other side's queries",
+}
+EMBEDDINGS_FILE, IDS_FILE = "embeddings.safetensors", "ids.json"
 
 
 def best_positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -33,18 +60,35 @@ def best_positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.
         scores: [Q, C] similarity of each query to each candidate.
         positives: [Q, C] bool, True where the candidate is a ground truth of the query (at least one per row).
     Returns:
-        [Q] long, 1 + the number of candidates scoring strictly higher than the best positive + the number of
-        *other* candidates tied with it (ties count against the model).
+        [Q] long, 1 + the number of *negative* candidates scoring at least as high as the best positive (ties
+        with a negative count against the model; positives tied with it are no competitors).
     """
     if not bool(positives.any(dim=1).all()):
         raise ValueError("best_positive_ranks: every query needs at least one ground-truth candidate")
     best = scores.masked_fill(~positives, float("-inf")).max(dim=1, keepdim=True).values
-    return (scores >= best).sum(dim=1)
+    return 1 + ((scores >= best) & ~positives).sum(dim=1)
+
+
+def _dsl_log_normalisers(queries: torch.Tensor, candidates: torch.Tensor, temperature: float, chunk_size: int):
+    """For every candidate, logsumexp over all queries of `temperature * similarity` ([C]), `chunk_size` at a time."""
+    total = torch.full((candidates.shape[0],), float("-inf"))
+    for start in range(0, queries.shape[0], chunk_size):
+        block = temperature * (queries[start : start + chunk_size] @ candidates.t())
+        total = torch.logaddexp(total, block.logsumexp(dim=0))
+    return total
+
+
+def _scores(queries, candidates, log_normalisers, temperature):
+    scores = queries @ candidates.t()
+    if log_normalisers is None:
+        return scores
+    return scores * torch.exp(temperature * scores - log_normalisers[None, :])  # dual softmax prior
 
 
 def retrieval_ranks(
-    text_embeds: torch.Tensor, video_embeds: torch.Tensor, text_to_video: torch.Tensor, chunk_size: int = 1024
-) -> tuple[torch.Tensor, torch.Tensor]:
+    text_embeds: torch.Tensor, video_embeds: torch.Tensor, text_to_video: torch.Tensor, chunk_size: int = 1024,
+    *, v2t_protocol: str = "all_captions", post_process: str | None = None, dsl_temperature: float = DSL_TEMPERATURE,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Ground-truth ranks both ways, computing the similarity `chunk_size` rows at a time.
 
     Args:
@@ -52,9 +96,18 @@ def retrieval_ranks(
         video_embeds: [Nv, D].
         text_to_video: [Nt] long, the index of each caption's video; every video needs at least one caption.
         chunk_size: query rows per similarity block; memory is O(chunk_size * max(Nt, Nv)).
+        v2t_protocol: `all_captions` (every caption competes) or `clip4clip` (only each other video's
+            best-scoring caption competes).
+        post_process: None / `none`, or `dsl`: dual-softmax re-scoring with `dsl_temperature`.
     Returns:
         (t2v_ranks [Nt], v2t_ranks [Nv]), long, starting at 1.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+    if v2t_protocol not in V2T_PROTOCOLS:
+        raise ValueError(f"v2t_protocol must be one of {V2T_PROTOCOLS}, got {v2t_protocol!r}")
+    if post_process not in (None, *POST_PROCESSES):
+        raise ValueError(f"post_process must be one of {POST_PROCESSES}, got {post_process!r}")
     num_videos = video_embeds.shape[0]
     text_to_video = torch.as_tensor(text_to_video, dtype=torch.long)
     if text_to_video.shape != (text_embeds.shape[0],):
@@ -66,18 +119,27 @@ def retrieval_ranks(
     if missing.any():
         raise ValueError(f"text_to_video: videos {missing.nonzero().flatten()[:10].tolist()} have no caption")
 
+    dsl = post_process == "dsl"
+    t2v_norm = _dsl_log_normalisers(text_embeds, video_embeds, dsl_temperature, chunk_size) if dsl else None
+    v2t_norm = _dsl_log_normalisers(video_embeds, text_embeds, dsl_temperature, chunk_size) if dsl else None
     t2v = []
     for start in range(0, text_embeds.shape[0], chunk_size):
         targets = text_to_video[start : start + chunk_size]
-        scores = text_embeds[start : start + chunk_size] @ video_embeds.t()
+        scores = _scores(text_embeds[start : start + chunk_size], video_embeds, t2v_norm, dsl_temperature)
         positives = torch.zeros_like(scores, dtype=torch.bool)
         positives[torch.arange(len(targets)), targets] = True
         t2v.append(best_positive_ranks(scores, positives))
     v2t = []
     for start in range(0, num_videos, chunk_size):
         video_ids = torch.arange(start, min(start + chunk_size, num_videos))
-        scores = video_embeds[start : start + chunk_size] @ text_embeds.t()
-        v2t.append(best_positive_ranks(scores, video_ids[:, None] == text_to_video[None, :]))
+        scores = _scores(video_embeds[start : start + chunk_size], text_embeds, v2t_norm, dsl_temperature)
+        if v2t_protocol == "clip4clip":  # each video represented by its best-scoring caption
+            index = text_to_video[None, :].expand(len(video_ids), -1)
+            scores = torch.full((len(video_ids), num_videos), float("-inf"), dtype=scores.dtype).scatter_reduce(
+                1, index, scores, reduce="amax")  # fmt: skip
+            v2t.append(best_positive_ranks(scores, video_ids[:, None] == torch.arange(num_videos)[None, :]))
+        else:
+            v2t.append(best_positive_ranks(scores, video_ids[:, None] == text_to_video[None, :]))
     return torch.cat(t2v), torch.cat(v2t)
 
 
@@ -104,7 +166,8 @@ def group_captions(split, max_videos: int | None = None) -> tuple[list[str], lis
 
 
 class _VideoFiles(torch.utils.data.Dataset):
-    """Decodes evaluation videos (chunk-center frames); a bad file raises, naming it."""
+    """Decodes evaluation videos (chunk-center frames). A bad file is reported and yields blank frames with
+    `ok=False`, so the batch goes on and the video is left out of the metrics afterwards."""
 
     def __init__(self, paths: list[str], processor):
         self.paths, self.processor = paths, processor
@@ -113,25 +176,45 @@ class _VideoFiles(torch.utils.data.Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        encoded = self.processor(videos=[self.paths[index]], training=False)
-        return encoded["pixel_values"][0], encoded["video_mask"][0]
+        from modeling_centerclip.processing_centerclip import VideoDecodeError
+
+        try:
+            encoded = self.processor(videos=[self.paths[index]], training=False)
+        except VideoDecodeError as error:
+            logger.warning("evaluation: cannot decode %s (%s); it is left out", self.paths[index], error.reason)
+            size, frames = self.processor.image_size, self.processor.num_frames
+            return torch.zeros(frames, 3, size, size), torch.ones(frames, dtype=torch.bool), False
+        return encoded["pixel_values"][0], encoded["video_mask"][0], True
+
+
+def shard_bounds(num_items: int, batch_size: int, num_processes: int) -> list[tuple[int, int]]:
+    """Each process's `[start, end)` block of whole batches, so every batch is the one a single process forms
+    (the embeddings are then bitwise the same whatever the process count)."""
+    num_batches = math.ceil(num_items / batch_size)
+    edges = [min(num_items, (num_batches * rank // num_processes) * batch_size) for rank in range(num_processes + 1)]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 @torch.inference_mode()
 def encode_videos(model, processor, paths: list[str], batch_size: int = 32, num_workers: int = 0,
-                  show_progress: bool = True) -> tuple[torch.Tensor, float]:
-    """L2-normalised video embeddings `[len(paths), D]` (float32, CPU) and the seconds spent in the model."""
+                  show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
+    """L2-normalised video embeddings `[len(paths), D]` (float32, CPU), a `[len(paths)]` bool tensor that is
+    False for videos that could not be decoded, and the seconds spent in the model."""
     from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(_VideoFiles(paths, processor), batch_size=batch_size, num_workers=num_workers)
-    embeddings, model_time = [], 0.0
-    for pixel_values, video_mask in tqdm(loader, desc="videos", disable=not show_progress):
+    embeddings, decoded, model_time = [], [], 0.0
+    for pixel_values, video_mask, ok in tqdm(loader, desc="videos", disable=not show_progress):
         start = time.perf_counter()
         features = model.get_video_features(pixel_values=pixel_values.to(device), video_mask=video_mask.to(device))
+        # pooler_output is the mean of normalised segment embeddings (normalised here, like CLIP's image features)
         embeddings.append(torch.nn.functional.normalize(features.pooler_output.float(), dim=-1).cpu())
+        decoded.append(ok)
         model_time += time.perf_counter() - start  # .cpu() above waits for the device
-    return torch.cat(embeddings), model_time
+    if not embeddings:
+        return torch.zeros(0, model.config.projection_dim), torch.zeros(0, dtype=torch.bool), model_time
+    return torch.cat(embeddings), torch.cat(decoded), model_time
 
 
 @torch.inference_mode()
@@ -148,6 +231,14 @@ def encode_texts(model, processor, captions: list[str], batch_size: int = 256) -
     return torch.cat(embeddings)
 
 
+def _gather_shards(local: torch.Tensor, bounds: list[tuple[int, int]], accelerator) -> torch.Tensor:
+    """Every process's block, in order: padded to the largest block (sizes known everywhere), gathered, cut."""
+    longest = max(end - start for start, end in bounds)
+    padded = torch.nn.functional.pad(local, (0, 0) * (local.dim() - 1) + (0, longest - local.shape[0]))
+    gathered = accelerator.gather(padded.to(accelerator.device)).cpu().reshape(len(bounds), longest, *local.shape[1:])
+    return torch.cat([gathered[rank, : end - start] for rank, (start, end) in enumerate(bounds)])
+
+
 @functools.cache
 def retrieval_metric():
     """The repository's `evaluate` module, loaded once per process (periodic evaluation calls this often)."""
@@ -156,77 +247,225 @@ def retrieval_metric():
     return evaluate.load(METRIC_PATH, keep_in_memory=True)
 
 
+def ranking_report(text_embeds, video_embeds, text_to_video, chunk_size: int = 1024,
+                   post_process: str | None = None) -> dict:  # fmt: skip
+    """Metrics of given embeddings: `t2v`, `v2t` (all captions), `v2t_clip4clip` when a video has several
+    captions, `dsl` (the same under dual softmax) with `post_process="dsl"`, and `protocols` naming them."""
+    text_to_video = torch.as_tensor(text_to_video, dtype=torch.long)
+    multi_caption = text_to_video.numel() > video_embeds.shape[0]
+    metric = retrieval_metric()
+
+    def metrics(process):
+        t2v, v2t = retrieval_ranks(text_embeds, video_embeds, text_to_video, chunk_size, post_process=process)
+        result = {"t2v": metric.compute(ranks=t2v.tolist()), "v2t": metric.compute(ranks=v2t.tolist())}
+        if multi_caption:
+            _, clip4clip = retrieval_ranks(text_embeds, video_embeds, text_to_video, chunk_size,
+                                           v2t_protocol="clip4clip", post_process=process)  # fmt: skip
+            result["v2t_clip4clip"] = metric.compute(ranks=clip4clip.tolist())
+        return result
+
+    report = metrics(None)
+    names = ["t2v", "v2t"] + (["v2t_clip4clip"] if multi_caption else [])
+    if post_process == "dsl":
+        report["dsl"] = metrics("dsl")
+        names.append("dsl")
+    report["protocols"] = {name: PROTOCOL_NAMES[name] for name in names}
+    return report
+
+
+def save_embeddings(folder: str, text_embeds, video_embeds, text_to_video, video_ids, captions, left_out) -> None:
+    """`embeddings.safetensors` (text_embeds, video_embeds, text_to_video) and `ids.json` (video ids, captions and
+    the videos left out), enough to rerun the ranking with `rank_saved_embeddings`."""
+    from safetensors.torch import save_file
+
+    os.makedirs(folder, exist_ok=True)
+    save_file({"text_embeds": text_embeds.contiguous(), "video_embeds": video_embeds.contiguous(),
+               "text_to_video": torch.as_tensor(text_to_video, dtype=torch.long)}, os.path.join(folder, EMBEDDINGS_FILE))  # fmt: skip
+    with open(os.path.join(folder, IDS_FILE), "w", encoding="utf-8") as handle:
+        json.dump({"video_ids": video_ids, "captions": captions, "left_out": left_out}, handle, indent=1)
+
+
+def rank_saved_embeddings(folder: str, chunk_size: int = 1024, post_process: str | None = None) -> dict:
+    """The report of `evaluate_model` from embeddings it saved (no model, no videos)."""
+    from safetensors.torch import load_file
+
+    for name in (EMBEDDINGS_FILE, IDS_FILE):
+        if not os.path.isfile(os.path.join(folder, name)):
+            raise FileNotFoundError(f"--from_embeddings {folder}: no {name} (write it with --save_embeddings)")
+    tensors = load_file(os.path.join(folder, EMBEDDINGS_FILE))
+    with open(os.path.join(folder, IDS_FILE), encoding="utf-8") as handle:
+        ids = json.load(handle)
+    report = ranking_report(tensors["text_embeds"], tensors["video_embeds"], tensors["text_to_video"], chunk_size,
+                            post_process)  # fmt: skip
+    report.update(num_videos=len(ids["video_ids"]), num_captions=len(ids["captions"]), left_out=ids["left_out"])
+    return report
+
+
 def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: int = 1024,
-                   max_videos: int | None = None, num_workers: int = 0, show_progress: bool = True) -> dict:
+                   max_videos: int | None = None, num_workers: int = 0, show_progress: bool = True, *,
+                   accelerator=None, post_process: str | None = None, save_embeddings_to: str | None = None) -> dict:  # fmt: skip
     """Text-video retrieval metrics of `model` on a corpus split (a `datasets.Dataset` with `video`, `caption`).
 
-    Each unique video and each caption is encoded once; ranks are computed `chunk_size` queries at a time.
-    Returns `{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}, "num_videos", "num_captions",
-    "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in percent); `videos_per_second` counts the
-    model's video tower only, `eval_time_s` everything including decoding.
+    Each unique video and each caption is encoded once; ranks are computed `chunk_size` queries at a time. With
+    an `accelerator` of several processes every process must call this: each encodes its block of the videos
+    (under whatever autocast the caller set), and all get the same report.
+    Returns `{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}, ["v2t_clip4clip"], ["dsl"], "protocols",
+    "num_videos", "num_captions", "left_out", "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in
+    percent); `videos_per_second` counts the model's video tower only, `eval_time_s` everything including decoding.
     """
     start = time.perf_counter()
-    _, paths, captions, text_to_video = group_captions(split, max_videos)
+    video_ids, paths, captions, text_to_video = group_captions(split, max_videos)
     if not paths:
         raise ValueError("evaluate_model: the split has no videos")
+    num_processes = accelerator.num_processes if accelerator is not None else 1
+    bounds = shard_bounds(len(paths), batch_size, num_processes)
+    first, last = bounds[accelerator.process_index if accelerator is not None else 0]
     was_training = model.training
     model.eval()
     try:
-        video_embeds, video_time = encode_videos(model, processor, paths, batch_size, num_workers, show_progress)
+        video_embeds, decoded, video_time = encode_videos(model, processor, paths[first:last], batch_size, num_workers,
+                                                          show_progress)  # fmt: skip
         text_embeds = encode_texts(model, processor, captions)
     finally:
         model.train(was_training)
-    t2v_ranks, v2t_ranks = retrieval_ranks(text_embeds, video_embeds, torch.tensor(text_to_video), chunk_size)
-    metric = retrieval_metric()
-    return {
-        "t2v": metric.compute(ranks=t2v_ranks.tolist()),
-        "v2t": metric.compute(ranks=v2t_ranks.tolist()),
-        "num_videos": len(paths),
-        "num_captions": len(captions),
-        "video_encode_s": video_time,
-        "videos_per_second": len(paths) / video_time if video_time > 0 else float("inf"),
-        "eval_time_s": time.perf_counter() - start,
-    }
+    if num_processes > 1:
+        video_embeds = _gather_shards(video_embeds, bounds, accelerator)
+        decoded = _gather_shards(decoded, bounds, accelerator).bool()
+    text_to_video = torch.tensor(text_to_video)
+    left_out = [paths[i] for i in (~decoded).nonzero().flatten().tolist()]
+    if left_out:
+        keep_captions = decoded[text_to_video]
+        logger.warning("evaluation: %d of %d videos could not be decoded and are left out with their %d captions: %s",
+                       len(left_out), len(paths), int((~keep_captions).sum()), ", ".join(left_out))  # fmt: skip
+        if not decoded.any():
+            raise ValueError(f"evaluate_model: none of the {len(paths)} videos could be decoded")
+        new_index = decoded.long().cumsum(0) - 1
+        video_embeds, video_ids = video_embeds[decoded], [v for v, ok in zip(video_ids, decoded.tolist()) if ok]
+        text_embeds, text_to_video = text_embeds[keep_captions], new_index[text_to_video[keep_captions]]
+        captions = [c for c, keep in zip(captions, keep_captions.tolist()) if keep]
+    if save_embeddings_to and (accelerator is None or accelerator.is_main_process):
+        save_embeddings(save_embeddings_to, text_embeds, video_embeds, text_to_video, video_ids, captions, left_out)
+    report = ranking_report(text_embeds, video_embeds, text_to_video, chunk_size, post_process)
+    report.update(num_videos=len(video_ids), num_captions=len(captions), left_out=left_out, video_encode_s=video_time,
+                  videos_per_second=(last - first) / video_time if video_time > 0 else float("inf"),
+                  eval_time_s=time.perf_counter() - start)  # fmt: skip
+    return report
+
+
+def default_num_workers() -> int:
+    """Decoding workers per process: the CPU cores this process may use, shared by the local processes, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(0, min(8, cores // local - 1))
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def check_model_folder(model: str) -> None:
+    """A local model folder needs its processor files; a missing tokenizer would otherwise surface as an
+    unrelated message about sentencepiece or tiktoken."""
+    from training.tokenizer import check_tokenizer_files
+
+    if not os.path.isdir(model):
+        return
+    remedy = ("save the processor next to the model (processor.save_pretrained) or evaluate the training run's "
+              "final/ folder, which has both")  # fmt: skip
+    if not os.path.isfile(os.path.join(model, "processor_config.json")):
+        raise ValueError(f"--model {model}: no processor_config.json (the CenterCLIPProcessor's settings); {remedy}")
+    check_tokenizer_files(model, remedy)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Text-video retrieval evaluation of a saved CenterCLIP folder")
-    parser.add_argument("--model", required=True, help="a save_pretrained folder (model + processor) or Hub id")
-    parser.add_argument("--corpus", required=True, help="a videofolder path, or msrvtt / msvd / lsmdc / activitynet")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="a save_pretrained folder (model + processor) or Hub id")
+    source.add_argument("--from_embeddings", metavar="DIR", help="rank embeddings saved with --save_embeddings")
+    parser.add_argument("--corpus", help="a videofolder path, or msrvtt / msvd / lsmdc / activitynet")
     parser.add_argument("--video_dir")
     parser.add_argument("--splits_dir")
     parser.add_argument("--captions_file")
     parser.add_argument("--data_json")
     parser.add_argument("--split", default="test")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--chunk_size", type=int, default=1024)
-    parser.add_argument("--max_videos", type=int)
-    parser.add_argument("--num_workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch_size", type=_positive_int, default=32)
+    parser.add_argument("--chunk_size", type=_positive_int, default=1024, help="query rows per similarity block")
+    parser.add_argument("--max_videos", type=_positive_int)
+    parser.add_argument("--num_workers", type=int, default=default_num_workers(),
+                        help="decoding workers per process (default: from the CPU cores, at most 8)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="autocast dtype of the encoders (auto: bfloat16/float16 on a GPU, float32 on the CPU)")
+    parser.add_argument("--post_process", choices=POST_PROCESSES, default="none",
+                        help="dsl: also report dual-softmax (inverted softmax) re-scored results, beside the plain ones")
+    parser.add_argument("--save_embeddings", metavar="DIR", help="write the embeddings and ids here (safetensors + JSON)")
     parser.add_argument("--output", help="write the JSON report here")
     args = parser.parse_args(argv)
+    post_process = None if args.post_process == "none" else args.post_process
 
-    import modeling_centerclip  # noqa: F401  registers the Auto classes
-    from transformers import AutoModel, AutoProcessor
-
-    from training.corpora import CORPUS_KEYS, load_corpus
-
-    corpus_kwargs = {k: getattr(args, k) for k in CORPUS_KEYS if getattr(args, k, None)}
-    corpus = load_corpus(args.corpus, **corpus_kwargs)
-    if args.split not in corpus:
-        parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
-    model = AutoModel.from_pretrained(args.model).to(args.device)
-    processor = AutoProcessor.from_pretrained(args.model)
-    report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
-                            args.num_workers)  # fmt: skip
-    report.update(model=args.model, corpus=args.corpus, split=args.split)
-    for direction in ("t2v", "v2t"):
-        print(direction, "  ".join(f"{k} {v:.1f}" for k, v in report[direction].items()))
+    if args.from_embeddings:
+        report = rank_saved_embeddings(args.from_embeddings, args.chunk_size, post_process)
+        report.update(embeddings=args.from_embeddings)
+    else:
+        if not args.corpus:
+            parser.error("--corpus is required with --model")
+        report = _evaluate_cli(parser, args, post_process)
+        if report is None:
+            return {}
+    _print_report(report)
     if args.output:
         os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         with open(args.output, "w", encoding="utf-8") as handle:
             json.dump(report, handle, indent=2)
     return report
+
+
+def _evaluate_cli(parser, args, post_process) -> dict:
+    if args.num_workers < 0:
+        parser.error(f"--num_workers {args.num_workers}: must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device cuda: this torch ({torch.__version__}) has no usable CUDA device; use --device cpu")
+    try:
+        check_model_folder(args.model)
+    except ValueError as error:
+        parser.error(str(error))
+    import modeling_centerclip  # noqa: F401  registers the Auto classes
+    from accelerate import Accelerator
+    from transformers import AutoModel, AutoProcessor
+
+    from training.corpora import CORPUS_KEYS, load_corpus
+
+    accelerator = Accelerator(cpu=args.device == "cpu")
+    dtype = args.dtype
+    if dtype == "auto":
+        dtype = "float32" if accelerator.device.type == "cpu" else (
+            "bfloat16" if torch.cuda.is_bf16_supported() else "float16")  # fmt: skip
+    corpus_kwargs = {k: getattr(args, k) for k in CORPUS_KEYS if getattr(args, k, None)}
+    corpus = load_corpus(args.corpus, **corpus_kwargs)
+    if args.split not in corpus:
+        parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
+    model = AutoModel.from_pretrained(args.model).to(accelerator.device)
+    processor = AutoProcessor.from_pretrained(args.model)
+    with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
+        report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
+                                args.num_workers, show_progress=accelerator.is_local_main_process,
+                                accelerator=accelerator, post_process=post_process,
+                                save_embeddings_to=args.save_embeddings)  # fmt: skip
+    report.update(model=args.model, corpus=args.corpus, split=args.split, dtype=dtype,
+                  num_processes=accelerator.num_processes)  # fmt: skip
+    return report if accelerator.is_main_process else None
+
+
+def _print_report(report: dict) -> None:
+    for name, description in report["protocols"].items():
+        if name == "dsl":
+            for direction, values in report["dsl"].items():
+                print(f"dsl {direction}", "  ".join(f"{k} {v:.1f}" for k, v in values.items()))
+        else:
+            print(name, "  ".join(f"{k} {v:.1f}" for k, v in report[name].items()), f"  ({description})")
 
 
 if __name__ == "__main__":

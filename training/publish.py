@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
-from transformers import AutoTokenizer, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
+from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS  # what a hub configuration contributes
 
 from .model_card import render_model_card
+from .tokenizer import check_tokenizer, load_checked_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,8 @@ def convert_clip_checkpoint(
     Args:
         clip_name_or_path: Hub id or local folder of a safetensors CLIP checkpoint with its tokenizer.
         hub_config: see `load_hub_config`; its architecture fields must match the checkpoint's.
-        tokenizer: the CLIP tokenizer to ship; loaded from the checkpoint when `None`.
+        tokenizer: the CLIP tokenizer to ship (an object, or a folder / Hub id to load it from); loaded from the
+            checkpoint when `None`. A folder without tokenizer files or an empty vocabulary is refused.
         overrides: CenterCLIP settings replacing the hub configuration's, e.g. `{"num_frames": 8}`.
         processor_kwargs: `CenterCLIPProcessor` arguments replacing the hub configuration's `processor` ones.
         repo_id: the Hub id the model card's snippet loads (defaults to the folder's name).
@@ -236,6 +238,14 @@ def convert_clip_checkpoint(
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} is not empty; pass overwrite=True (--overwrite) to write into it")
 
+    # Before loading weights: Transformers 5 would build an empty tokenizer from a folder without its files.
+    remedy = "pass the CLIP tokenizer's folder or Hub id with --tokenizer (tokenizer=... in Python)"
+    if tokenizer is None:
+        tokenizer = load_checked_tokenizer(clip_name_or_path, remedy)
+    elif isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_checked_tokenizer(tokenizer, remedy)
+    else:
+        check_tokenizer(tokenizer, "tokenizer", remedy)
     model, loading = CenterCLIPModel.from_pretrained(
         clip_name_or_path, config=config, use_safetensors=True, output_loading_info=True
     )
@@ -247,11 +257,6 @@ def convert_clip_checkpoint(
     if loading["unexpected_keys"]:
         logger.warning("Ignored weights of %s: %s", clip_name_or_path, sorted(loading["unexpected_keys"]))
 
-    if tokenizer is None:
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(clip_name_or_path)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"No tokenizer could be loaded from {clip_name_or_path}; pass tokenizer=...") from error
     processor = CenterCLIPProcessor(
         tokenizer=tokenizer,
         num_frames=config.num_frames,
@@ -348,6 +353,7 @@ def main(argv=None) -> None:
     convert.add_argument("--set", dest="overrides", type=_parse_override, action="append", default=[],
                          metavar="KEY=VALUE", help="replace a CenterCLIP setting, e.g. --set num_frames=8")  # fmt: skip
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
+    convert.add_argument("--tokenizer", help="folder or Hub id of the CLIP tokenizer (default: the checkpoint's)")
     push = commands.add_parser("push", help="push a saved CenterCLIP folder")
     push.add_argument("--folder", required=True)
     for sub in (convert, push):
@@ -363,7 +369,8 @@ def main(argv=None) -> None:
             parser.error("--push_to_hub needs --hub_model_id")
         folder = convert_clip_checkpoint(
             args.clip, args.hub_config, args.output_dir,
-            overrides=dict(args.overrides), repo_id=args.hub_model_id, overwrite=args.overwrite,
+            tokenizer=args.tokenizer, overrides=dict(args.overrides), repo_id=args.hub_model_id,
+            overwrite=args.overwrite,
         )  # fmt: skip
         logger.info("Wrote %s", folder)
         if args.push_to_hub:

@@ -41,3 +41,43 @@ def train_clip_tokenizer(
             vocab.setdefault(token, len(vocab))
     merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in bpe["merges"]]
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+
+
+# A folder holds a usable CLIP tokenizer with one of these file sets.
+TOKENIZER_FILE_SETS = (("tokenizer.json",), ("vocab.json", "merges.txt"))
+_PROBES = ("a cat sits on a mat", "two dogs run in the park")
+
+
+def check_tokenizer(tokenizer, source, remedy: str) -> None:
+    """Refuse a tokenizer with no real vocabulary: Transformers 5 builds an *empty* `CLIPTokenizer` from a folder
+    without tokenizer files instead of raising, and it maps every caption to the same ids."""
+    first, second = (tokenizer(text)["input_ids"] for text in _PROBES)
+    if len(tokenizer) <= 256 or first == second:
+        raise ValueError(f"{source}: the tokenizer has no usable vocabulary ({len(tokenizer)} tokens; two different "
+                         f"captions get the same ids {first}); {remedy}")  # fmt: skip
+
+
+def load_checked_tokenizer(name_or_path, remedy: str):
+    """`AutoTokenizer.from_pretrained`, refusing a local folder without tokenizer files (naming them) and a
+    degenerate vocabulary. `remedy` says what to pass instead."""
+    from transformers import AutoTokenizer
+
+    check_tokenizer_files(name_or_path, remedy)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{name_or_path}: no tokenizer could be loaded ({error}); {remedy}") from error
+    check_tokenizer(tokenizer, name_or_path, remedy)
+    return tokenizer
+
+
+def check_tokenizer_files(name_or_path, remedy: str) -> None:
+    """A local folder must hold `tokenizer.json`, or `vocab.json` and `merges.txt` (Hub ids are checked once loaded)."""
+    import os
+
+    folder = os.fspath(name_or_path)
+    if not os.path.isdir(folder):
+        return
+    if not any(all(os.path.isfile(os.path.join(folder, name)) for name in names) for names in TOKENIZER_FILE_SETS):
+        raise ValueError(f"{folder}: no tokenizer files (it needs tokenizer.json, or vocab.json and merges.txt); "
+                         f"{remedy}")  # fmt: skip
