@@ -166,13 +166,16 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     model's video tower only, `eval_time_s` everything including decoding.
     """
     start = time.perf_counter()
-    _, paths, captions, text_to_video = group_captions(split, max_videos)
+    video_ids, paths, captions, text_to_video = group_captions(split, max_videos)
     if not paths:
         raise ValueError("evaluate_model: the split has no videos")
     was_training = model.training
     model.eval()
     try:
-        video_embeds, video_time = encode_videos(model, processor, paths, batch_size, num_workers, show_progress)
+        from training.frame_store import videos_to_encode
+
+        videos = videos_to_encode(split, video_ids, paths)  # a frame store's frames, else the files
+        video_embeds, video_time = encode_videos(model, processor, videos, batch_size, num_workers, show_progress)
         text_embeds = encode_texts(model, processor, captions)
     finally:
         model.train(was_training)
@@ -192,7 +195,8 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Text-video retrieval evaluation of a saved CenterCLIP folder")
     parser.add_argument("--model", required=True, help="a save_pretrained folder (model + processor) or Hub id")
-    parser.add_argument("--corpus", required=True, help="a videofolder path, or msrvtt / msvd / lsmdc / activitynet")
+    parser.add_argument("--corpus", required=True,
+                        help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet")
     parser.add_argument("--video_dir")
     parser.add_argument("--splits_dir")
     parser.add_argument("--captions_file")
