@@ -206,3 +206,18 @@ def test_training_and_evaluation_read_the_store(store, corpus_folder, tmp_path, 
     from_store, _ = encode_videos(model, processor, videos_to_encode(split, video_ids, paths), show_progress=False)
     from_videos, _ = encode_videos(model, processor, paths, show_progress=False)
     assert (from_store * from_videos).sum(-1).min() > 0.99  # cosine similarity of unit vectors
+
+
+def test_data_benchmark_reads_the_frame_store_next_to_the_videos(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import benchmark_data
+
+    results = benchmark_data.main(["--quick", "--workers", "0", "--store_num_proc", "1", "--video_dir",
+                                   str(tmp_path / "videos"), "--output", str(tmp_path / "data.json")])
+    store = results["frame_store"]
+    assert [run["source"] for run in results["runs"]] == ["video"] and store["runs"][0]["clips_per_s"] > 0
+    assert store["bytes_per_video"] > 0 and 0 < store["pixel_mean_abs_error"] < 3
+    assert json.loads((tmp_path / "data.json").read_text())["frame_store"]["msrvtt_estimate_gb"] > 0
