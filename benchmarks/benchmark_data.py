@@ -195,12 +195,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--decode_fps", type=float, nargs="+", default=[0, 3], help="0 = every frame (native)")
     parser.add_argument("--store_fps", type=float, default=3.0, help="frame store fps (0: no frame store)")
     parser.add_argument("--store_num_proc", type=int, default=os.cpu_count(), help="processes building the store")
+    parser.add_argument("--torch_threads", type=int, default=1,
+                        help="torch threads of the main process; 1, as in DataLoader workers, so that 0 workers "
+                             "measures one core's work (2 threads on 2 shared cores slowed preprocessing ~10x)")
     parser.add_argument("--video_dir", help="reuse / keep the generated videos here")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_videos, args.seconds, args.width, args.height = 4, 1.0, 160, 120
-        args.batch_size, args.epochs, args.decode_fps = 2, 1, [args.store_fps or 3]
+        args.batch_size, args.epochs, args.decode_fps = 2, 1, [0]
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
     results = run(args)
     print_table(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
