@@ -8,7 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .clustering import kmedoids, spectral_clustering
 from .configuration_centerclip import CenterCLIPConfig
-from .modeling_centerclip import CenterCLIPModel, CenterCLIPOutput
+from .modeling_centerclip import CenterCLIPModel, CenterCLIPOutput, CenterCLIPVideoOutput, NonFiniteTokensError
 from .processing_centerclip import CenterCLIPProcessor
 
 AutoConfig.register("centerclip", CenterCLIPConfig, exist_ok=True)
@@ -19,4 +19,13 @@ CenterCLIPModel.register_for_auto_class("AutoModel")
 AutoProcessor.register(CenterCLIPConfig, CenterCLIPProcessor, exist_ok=True)
 CenterCLIPProcessor.register_for_auto_class()
 
-__all__ = ["CenterCLIPConfig", "CenterCLIPModel", "CenterCLIPOutput", "CenterCLIPProcessor", "kmedoids", "spectral_clustering"]
+__all__ = [
+    "CenterCLIPConfig",
+    "CenterCLIPModel",
+    "CenterCLIPOutput",
+    "CenterCLIPProcessor",
+    "CenterCLIPVideoOutput",
+    "NonFiniteTokensError",
+    "kmedoids",
+    "spectral_clustering",
+]

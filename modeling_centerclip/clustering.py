@@ -9,6 +9,9 @@ Every function takes `tokens` of shape `[B, N, D]` and returns
 The clustering runs in fp32 under `torch.no_grad()` whatever the autocast state: callers gather the
 selected tokens themselves, so gradients flow through the kept tokens only.
 
+Tokens can be masked out (`mask [B, N]`, False = padding): they neither become medoids while a real token is
+left nor change which real tokens are chosen, whatever they hold (their assignment is -1).
+
 Ties always go to the lowest index, and nothing is random, so results are identical across runs, devices
 and batch splits. No `[B, K, N, N]` tensor is ever built: the k-medoids update is one
 masked `[B, N, N]` row sum, and convergence is checked on the host only every few iterations
@@ -21,6 +24,9 @@ import torch.nn.functional as F
 # Distances of a token to itself are set below every real distance (also an exact duplicate's 0), so a token
 # is always strictly nearest to itself: chosen medoids are never re-chosen and always keep their own cluster.
 _SELF = -1.0
+# KKZ "distance to the nearest seed" of a masked token: below every real token's, above a chosen one's, so masked
+# tokens are seeded only once every real token is (when K exceeds the real tokens).
+_MASKED = -0.5
 
 
 def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
@@ -43,11 +49,15 @@ def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torc
     return dist
 
 
-def _kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torch.Tensor:
+def _kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
     """KKZ seeds `[B, K]`: the largest-norm token, then repeatedly the token farthest from its nearest seed."""
+    if mask is not None:
+        norms = norms.masked_fill(~mask, -1.0)
     first = norms.argmax(dim=1)
     seeds = [first]
     nearest = dist.gather(1, first[:, None, None].expand(-1, 1, dist.shape[2])).squeeze(1)  # [B, N]
+    if mask is not None:
+        nearest = nearest.masked_fill(~mask, _MASKED)
     nearest.scatter_(1, first[:, None], _SELF)
     for _ in range(num_clusters - 1):
         nxt = nearest.argmax(dim=1)
@@ -64,15 +74,22 @@ def _assign(dist: torch.Tensor, medoids: torch.Tensor) -> torch.Tensor:
     return to_medoids.argmin(dim=2)
 
 
-def _update(dist: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> torch.Tensor:
+def _update(
+    dist: torch.Tensor, assignment: torch.Tensor, num_clusters: int, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each cluster's member with the smallest sum of distances to the cluster's members, sorted `[B, K]`.
 
     The sums accumulate fp32 distances in float64, which makes them exact and so independent of summation
     order: near-ties resolve identically on every device and batch split. Cost is O(B N^2), no `[B, N, K]`.
+    Masked tokens count in no sum and never replace a medoid (a masked medoid keeps its singleton cluster).
     """
     batch, num_tokens = assignment.shape
     same_cluster = assignment[:, :, None] == assignment[:, None, :]  # [B, N, N]
+    if mask is not None:
+        same_cluster &= mask[:, None, :]
     cost = torch.where(same_cluster, dist, 0).sum(dim=2, dtype=torch.float64)  # [B, N]: to own cluster
+    if mask is not None:
+        cost.masked_fill_(~mask, float("inf"))
     best = cost.new_full((batch, num_clusters), float("inf")).scatter_reduce(1, assignment, cost, "amin")
     index = torch.arange(num_tokens, device=assignment.device).expand(batch, -1)
     candidates = torch.where(cost == best.gather(1, assignment), index, num_tokens)  # ties: lowest index
@@ -80,11 +97,20 @@ def _update(dist: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> 
     return medoids.sort(dim=1).values
 
 
+def _check_inputs(tokens: torch.Tensor, num_clusters: int, mask: torch.Tensor | None) -> None:
+    batch, num_tokens, _ = tokens.shape
+    if not 1 <= num_clusters <= num_tokens:
+        raise ValueError(f"num_clusters={num_clusters}: must be in [1, {num_tokens}] (the number of tokens)")
+    if mask is not None and tuple(mask.shape) != (batch, num_tokens):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; tokens [B, N, D] need [B, N] = {(batch, num_tokens)}")
+
+
 @torch.no_grad()
 def kmedoids(
     tokens: torch.Tensor,
     num_clusters: int,
     *,
+    mask: torch.Tensor | None = None,
     distance: str = "euclidean",
     max_iters: int = 100,
     check_every: int | None = None,
@@ -94,29 +120,38 @@ def kmedoids(
     Args:
         tokens: `[B, N, D]` token features (any float dtype; computed in fp32).
         num_clusters: K, with `1 <= K <= N`.
+        mask: `[B, N]` bool, False for padding tokens, which take no part: medoids are real tokens (padding
+            fills the rest only when a row has fewer than K real tokens) and padding content changes nothing.
+            A row with no real token at all is clustered as if unmasked.
         distance: `"euclidean"` or `"cosine"`.
         max_iters: maximum assignment / update rounds.
         check_every: rounds between host-side convergence checks; default 1 on the CPU, 8 on accelerators.
             Iterating past convergence changes nothing, so this only trades syncs for spare rounds.
 
     Returns:
-        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending.
+        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending; masked tokens are assigned -1.
     """
-    batch, num_tokens, _ = tokens.shape
-    if not 1 <= num_clusters <= num_tokens:
-        raise ValueError(f"num_clusters={num_clusters}: must be in [1, {num_tokens}] (the number of tokens)")
+    _check_inputs(tokens, num_clusters, mask)
     if check_every is None:
         check_every = 1 if tokens.device.type == "cpu" else 8
     with torch.autocast(tokens.device.type, enabled=False):
-        x = tokens.detach().float()
+        x = tokens.detach().float().contiguous()  # the matmul's rounding depends on the memory layout
+        if mask is not None:
+            mask = mask.bool() | ~mask.any(dim=1, keepdim=True)
+            x = x.masked_fill(~mask[:, :, None], 0.0)  # padding content must not reach any real distance
         dist = pairwise_distance(x, distance)
-        medoids = _kkz_init(dist, x.norm(dim=-1), num_clusters).sort(dim=1).values
+        if mask is not None:
+            dist.masked_fill_(~mask[:, None, :], float("inf"))  # no token is near padding
+        medoids = _kkz_init(dist, x.norm(dim=-1), num_clusters, mask).sort(dim=1).values
         for step in range(max_iters):
-            new_medoids = _update(dist, _assign(dist, medoids), num_clusters)
+            new_medoids = _update(dist, _assign(dist, medoids), num_clusters, mask)
             if (step + 1) % check_every == 0 and torch.equal(new_medoids, medoids):
                 break
             medoids = new_medoids
-        return _assign(dist, medoids), medoids
+        assignment = _assign(dist, medoids)
+        if mask is not None:
+            assignment.masked_fill_(~mask, -1)
+        return assignment, medoids
 
 
 @torch.no_grad()
@@ -124,6 +159,7 @@ def spectral_clustering(
     tokens: torch.Tensor,
     num_clusters: int,
     *,
+    mask: torch.Tensor | None = None,
     sigma: float = 2.0,
     knn: int | None = None,
     max_iters: int = 100,
@@ -137,30 +173,41 @@ def spectral_clustering(
     Args:
         tokens: `[B, N, D]`.
         num_clusters: K, with `1 <= K <= N`.
+        mask: `[B, N]` bool, False for padding tokens, as in `kmedoids`. Padding is cut out of the graph: its
+            Laplacian rows become `3 * e_i`, above every real eigenvalue (at most 2), so the K smallest
+            eigenvectors live on the real tokens.
         sigma: affinity bandwidth.
         knn: neighbours per token; `None` keeps `min(N, 10)` (CenterCLIPModel passes DESIGN.md's default).
         max_iters: k-medoids rounds.
 
     Returns:
-        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending.
+        `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending; masked tokens are assigned -1.
     """
+    _check_inputs(tokens, num_clusters, mask)
     batch, num_tokens, _ = tokens.shape
-    if not 1 <= num_clusters <= num_tokens:
-        raise ValueError(f"num_clusters={num_clusters}: must be in [1, {num_tokens}] (the number of tokens)")
     knn = min(num_tokens, 10 if knn is None else knn)
     with torch.autocast(tokens.device.type, enabled=False):
         x = tokens.detach().float()
+        if mask is not None:
+            mask = mask.bool() | ~mask.any(dim=1, keepdim=True)
+            x = x.masked_fill(~mask[:, :, None], 0.0)
+            real_pair = mask[:, :, None] & mask[:, None, :]
         affinity = torch.exp(-pairwise_distance(x).pow(2) / (2 * sigma**2))
+        if mask is not None:
+            affinity = affinity * real_pair
         # Symmetric kNN graph: j in i's top-k OR i in j's top-k.
         top = torch.zeros_like(affinity, dtype=torch.bool).scatter_(2, affinity.topk(knn, dim=2).indices, True)
         keep = top | top.transpose(1, 2)
         keep.diagonal(dim1=1, dim2=2).fill_(True)
         affinity = affinity * keep
         inv_sqrt_degree = affinity.sum(-1).clamp_min(1e-12).rsqrt()
-        laplacian = torch.eye(num_tokens, device=x.device) - inv_sqrt_degree[:, :, None] * affinity * inv_sqrt_degree[:, None, :]
+        eye = torch.eye(num_tokens, device=x.device)
+        laplacian = eye - inv_sqrt_degree[:, :, None] * affinity * inv_sqrt_degree[:, None, :]
+        if mask is not None:
+            laplacian = torch.where(real_pair, laplacian, 3.0 * eye)
         _, eigenvectors = torch.linalg.eigh(laplacian)  # eigenvalues ascending
         embedding = F.normalize(eigenvectors[:, :, :num_clusters], dim=-1, eps=1e-6)
-        return kmedoids(embedding, num_clusters, distance="euclidean", max_iters=max_iters)
+        return kmedoids(embedding, num_clusters, mask=mask, distance="euclidean", max_iters=max_iters)
 
 
 __all__ = ["kmedoids", "pairwise_distance", "spectral_clustering"]

@@ -1,5 +1,7 @@
 """CenterCLIP configuration: a `CLIPConfig` plus the token-clustering settings."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
@@ -96,6 +98,10 @@ class CenterCLIPConfig(CLIPConfig):
         def fail(field, message):
             raise ValueError(f"CenterCLIPConfig.{field}={getattr(self, field)!r}: {message}")
 
+        for field in ("spectral_sigma", "logit_scale_init_value", "initializer_factor"):
+            value = getattr(self, field, None)
+            if isinstance(value, float) and not math.isfinite(value):
+                fail(field, "must be a finite number")
         if self.cluster_algo not in CLUSTER_ALGOS:
             fail("cluster_algo", f"must be one of {CLUSTER_ALGOS}")
         if self.cluster_distance not in CLUSTER_DISTANCES:

@@ -7,23 +7,77 @@ normalised segment embeddings. Every module and weight is CLIP's own, so stock C
 """
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 from .clustering import kmedoids, spectral_clustering
 from .configuration_centerclip import CenterCLIPConfig
+
+logger = logging.get_logger(__name__)
+
+
+class NonFiniteTokensError(ValueError):
+    """NaN or inf tokens reached the clustering (a NaN pixel, diverged or corrupt weights).
+
+    `layer` is the vision layer whose input held them, `videos` the batch positions of the affected videos.
+    """
+
+    def __init__(self, layer: int, videos: list[int]):
+        self.layer, self.videos = layer, videos
+        super().__init__(
+            f"non-finite (NaN or inf) tokens at the input of vision layer {layer} (the cluster layer) in the videos "
+            f"at batch positions {videos}; check those videos' pixel values and the model weights (a diverging "
+            "learning rate makes them NaN)"
+        )
 
 
 def video_text_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
     """Symmetric cross-entropy of a `[N, N]` text-video similarity matrix whose diagonal holds the pairs."""
     targets = torch.arange(logits_per_text.shape[0], device=logits_per_text.device)
     return (F.cross_entropy(logits_per_text, targets) + F.cross_entropy(logits_per_text.t(), targets)) / 2
+
+
+@dataclass
+class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of [`CenterCLIPModel.get_video_features`]. B videos, T frames, S segments, P patches per frame,
+    K centers, D hidden size, E projection size; with `cluster_algo="none"` every frame is a segment (S = T).
+
+    last_hidden_state (`torch.Tensor` of shape `(B * S, 1 + K, D)`):
+        The vision tower's last hidden states (before the post-layernorm), one sequence per segment: its [CLS]
+        then its kept tokens. `(B * T, 1 + P, D)` with `cluster_algo="none"`.
+    pooler_output (`torch.Tensor` of shape `(B, E)`):
+        The video embedding before the final L2-normalisation, as CLIP's `get_image_features`: the mean of the
+        normalised segment embeddings over the segments that hold a real frame.
+    hidden_states (`tuple(torch.Tensor)`, *optional*, returned with `output_hidden_states=True`):
+        `num_hidden_layers + 1` tensors, the input of every vision layer and the last output. Entries
+        `0 .. cluster_layer` are per frame, `(B * T, 1 + P, D)`; entries after the cluster layer per segment,
+        `(B * S, 1 + K, D)`.
+    attentions (`tuple(torch.Tensor)`, *optional*, returned with `output_attentions=True` and eager attention):
+        `num_hidden_layers` tensors: `(B * T, heads, 1 + P, 1 + P)` for the layers before `cluster_layer`,
+        `(B * S, heads, 1 + K, 1 + K)` from it on.
+    segment_embeds (`torch.Tensor` of shape `(B, S, E)`):
+        The L2-normalised segment embeddings (frame embeddings with `cluster_algo="none"`).
+    segment_mask (`torch.BoolTensor` of shape `(B, S)`):
+        True for segments holding a real frame: the ones averaged into `pooler_output`.
+    cluster_medoids (`torch.LongTensor` of shape `(B, S, K)`, *optional*, returned with `output_clusters=True`):
+        The kept tokens of each segment, ascending, as indices into the segment's pooled patch tokens: token `n`
+        is patch `n % P` (raster order) of the segment's frame `n // P`.
+    cluster_assignment (`torch.LongTensor` of shape `(B, S, (T / S) * P)`, *optional*, with `output_clusters=True`):
+        The cluster of every pooled patch token, an index into `cluster_medoids`; -1 for tokens of padded frames.
+    """
+
+    segment_embeds: torch.Tensor | None = None
+    segment_mask: torch.Tensor | None = None
+    cluster_medoids: torch.Tensor | None = None
+    cluster_assignment: torch.Tensor | None = None
 
 
 @dataclass
@@ -41,7 +95,7 @@ class CenterCLIPOutput(ModelOutput):
         L2-normalised video embeddings.
     text_model_output (`BaseModelOutputWithPooling`):
         Output of [`CenterCLIPModel.get_text_features`].
-    vision_model_output (`BaseModelOutputWithPooling`):
+    vision_model_output (`CenterCLIPVideoOutput`):
         Output of [`CenterCLIPModel.get_video_features`].
     """
 
@@ -51,36 +105,72 @@ class CenterCLIPOutput(ModelOutput):
     text_embeds: torch.Tensor | None = None
     video_embeds: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
-    vision_model_output: BaseModelOutputWithPooling | None = None
+    vision_model_output: CenterCLIPVideoOutput | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
 
 
-def cluster_segments(hidden_states: torch.Tensor, config: CenterCLIPConfig) -> torch.Tensor:
+class ClusteredSegments(NamedTuple):
+    """What `cluster_segments` returns; S' = B * S segments in all."""
+
+    hidden_states: torch.Tensor  # [S', 1 + K, D]: mean [CLS], then the kept tokens in frame-then-raster order
+    attention_mask: torch.Tensor | None  # [S', 1, 1, 1 + K] additive, or None when every kept token is real
+    medoids: torch.Tensor  # [S', K] int64, indices into the segment's pooled patch tokens
+    assignment: torch.Tensor  # [S', N] int64, -1 for tokens of padded frames
+
+
+def cluster_segments(
+    hidden_states: torch.Tensor, config: CenterCLIPConfig, frame_mask: torch.Tensor | None = None
+) -> ClusteredSegments:
     """Replace each segment's frames by its mean [CLS] and the medoids of its pooled patch tokens.
+
+    Padded frames (`frame_mask` False) take no part: the [CLS] mean and the clustering see only real frames, so
+    their content changes nothing. A segment with fewer real tokens than K keeps padding tokens to fill its
+    sequence, hidden from the later layers by the returned attention mask. A segment with no real frame at all
+    is computed as if every frame were real (the caller leaves it out of the video embedding).
 
     Args:
         hidden_states: `[B*T, 1+P, D]`, frames of one video consecutive.
-    Returns:
-        `[B*S, 1+K, D]`; the kept tokens stay in frame-then-raster order and keep their gradients.
+        frame_mask: `[B*T]` bool, False for padded frames; None when every frame is real.
     """
     frames, seq_len, dim = hidden_states.shape
     per_segment = config.frames_per_segment
     segments = hidden_states.view(frames // per_segment, per_segment, seq_len, dim)
-    cls = segments[:, :, 0].mean(dim=1, keepdim=True)  # [B*S, 1, D]
     patches = segments[:, :, 1:].reshape(segments.shape[0], per_segment * (seq_len - 1), dim)  # [B*S, N, D]
+    token_mask, to_cluster = None, patches
+    if frame_mask is None:
+        cls = segments[:, :, 0].mean(dim=1, keepdim=True)  # [B*S, 1, D]
+    else:
+        real = frame_mask.view(-1, per_segment)
+        # Zeroing padding makes a segment without any real frame cluster identically whatever it holds.
+        to_cluster = torch.where(real.repeat_interleave(seq_len - 1, dim=1)[:, :, None], patches, 0)
+        real = real | ~real.any(dim=1, keepdim=True)
+        cls = torch.where(real[:, :, None], segments[:, :, 0], 0).sum(dim=1, keepdim=True)
+        cls = cls / real.sum(dim=1).to(cls.dtype)[:, None, None]
+        if not bool(real.all()):
+            token_mask = real.repeat_interleave(seq_len - 1, dim=1)  # [B*S, N]
     if config.cluster_algo == "spectral":
         knn = config.spectral_knn or config.default_spectral_knn
-        _, medoids = spectral_clustering(
-            patches, config.num_centers, sigma=config.spectral_sigma, knn=knn, max_iters=config.cluster_iters
+        assignment, medoids = spectral_clustering(
+            to_cluster, config.num_centers, mask=token_mask, sigma=config.spectral_sigma, knn=knn,
+            max_iters=config.cluster_iters,
         )
     else:
-        _, medoids = kmedoids(
-            patches, config.num_centers, distance=config.cluster_distance, max_iters=config.cluster_iters
+        assignment, medoids = kmedoids(
+            to_cluster, config.num_centers, mask=token_mask, distance=config.cluster_distance,
+            max_iters=config.cluster_iters,
         )
     centers = patches.gather(1, medoids[:, :, None].expand(-1, -1, dim))  # [B*S, K, D]
-    return torch.cat([cls, centers], dim=1)
+    attention_mask = None
+    if token_mask is not None:
+        kept_real = token_mask.gather(1, medoids)
+        if not bool(kept_real.all()):
+            centers = torch.where(kept_real[:, :, None], centers, 0)  # masked keys, but 0 * NaN would still leak
+            keys = torch.cat([kept_real.new_ones(kept_real.shape[0], 1), kept_real], dim=1)
+            attention_mask = torch.zeros(keys.shape, dtype=hidden_states.dtype, device=hidden_states.device)
+            attention_mask = attention_mask.masked_fill(~keys, torch.finfo(hidden_states.dtype).min)[:, None, None]
+    return ClusteredSegments(torch.cat([cls, centers], dim=1), attention_mask, medoids, assignment)
 
 
 class CenterCLIPModel(CLIPModel):
@@ -94,49 +184,145 @@ class CenterCLIPModel(CLIPModel):
     main_input_name = "input_ids"
     input_modalities = ("video", "text")
 
-    def _encode_frames(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Vision tower with clustering. `[B*T, 3, H, W]` -> pre-projection [CLS] states `[B*S, D]`."""
-        vision = self.vision_model
-        hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        for index, layer in enumerate(vision.encoder.layers):
-            if index == self.config.cluster_layer and self.config.cluster_algo != "none":
-                hidden_states = cluster_segments(hidden_states, self.config)
-            hidden_states = layer(hidden_states, None)  # CLIP layers are GradientCheckpointingLayers
-        return vision.post_layernorm(hidden_states[:, 0])
+    def _check_video_inputs(self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None) -> torch.Tensor:
+        """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]`."""
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: videos as [batch, frames, 3, H, W] (see CenterCLIPProcessor)")
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values must be [batch, frames, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        batch, num_frames = pixel_values.shape[:2]
+        if batch == 0:
+            raise ValueError("pixel_values holds no video (batch size 0)")
+        # The config is mutable; a field changed after construction is checked here, not deep in a reshape.
+        self.config._check_cluster_settings()
+        if self.config.cluster_algo != "none" and num_frames != self.config.num_frames:
+            raise ValueError(f"pixel_values has {num_frames} frames; config.num_frames={self.config.num_frames}")
+        if video_mask is None:
+            return torch.ones(batch, num_frames, dtype=torch.bool, device=pixel_values.device)
+        if tuple(video_mask.shape) != (batch, num_frames):
+            raise ValueError(
+                f"video_mask has shape {tuple(video_mask.shape)} but pixel_values {tuple(pixel_values.shape)} needs "
+                f"[batch, frames] = {(batch, num_frames)}"
+            )
+        video_mask = video_mask.to(device=pixel_values.device, dtype=torch.bool)
+        empty = (~video_mask.any(dim=1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"video_mask marks no real frame for the video(s) at batch index {empty}")
+        return video_mask
 
+    def _encode_frames(
+        self,
+        pixel_values: torch.Tensor,
+        frame_mask: torch.Tensor,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple | None, tuple | None, ClusteredSegments | None]:
+        """Vision tower with clustering on `[B*T, 3, H, W]` frames.
+
+        Returns the last hidden states, the post-layernorm [CLS] of each segment `[B*S, D]`, the hidden states
+        and attentions when asked for, and the clustering (None with `cluster_algo="none"`).
+        """
+        vision, config = self.vision_model, self.config
+        hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        all_states = [hidden_states] if output_hidden_states else None
+        attentions, hooks = [], []
+        if output_attentions:
+            if config.vision_config._attn_implementation != "eager":
+                logger.warning_once("Attention weights need attn_implementation='eager'; none are returned.")
+            else:  # CLIP's layers drop the weights their attention returns; catch them on the way out
+                hooks = [
+                    layer.self_attn.register_forward_hook(lambda module, args, output: attentions.append(output[1]))
+                    for layer in vision.encoder.layers
+                ]
+        attention_mask, clusters = None, None
+        try:
+            for index, layer in enumerate(vision.encoder.layers):
+                if index == config.cluster_layer and config.cluster_algo != "none":
+                    self._check_finite(hidden_states, frame_mask, index)
+                    all_frames_real = bool(frame_mask.all())
+                    clusters = cluster_segments(hidden_states, config, None if all_frames_real else frame_mask)
+                    hidden_states, attention_mask = clusters.hidden_states, clusters.attention_mask
+                hidden_states = layer(hidden_states, attention_mask)  # CLIP layers are GradientCheckpointingLayers
+                if all_states is not None:
+                    all_states.append(hidden_states)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        pooled = vision.post_layernorm(hidden_states[:, 0])
+        return (
+            hidden_states,
+            pooled,
+            tuple(all_states) if all_states is not None else None,
+            tuple(attentions) if output_attentions else None,
+            clusters,
+        )
+
+    def _check_finite(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor, layer: int) -> None:
+        """Raise `NonFiniteTokensError` if a real frame's tokens are NaN/inf, before the clustering indexes them."""
+        finite = torch.isfinite(hidden_states).flatten(1).all(dim=1) | ~frame_mask  # [B*T]
+        if not bool(finite.all()):
+            bad_frames = (~finite).nonzero().flatten()
+            raise NonFiniteTokensError(layer, sorted(set((bad_frames // self.config.num_frames).tolist())))
+
+    @can_return_tuple
     def get_video_features(
-        self, pixel_values: torch.Tensor, video_mask: torch.Tensor | None = None
-    ) -> BaseModelOutputWithPooling:
+        self,
+        pixel_values: torch.Tensor | None = None,
+        video_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_clusters: bool = False,
+    ) -> CenterCLIPVideoOutput:
         r"""
         Args:
             pixel_values (`torch.Tensor` of shape `(batch_size, num_frames, 3, height, width)`):
                 Frames, preprocessed as for CLIP (see [`CenterCLIPProcessor`]).
             video_mask (`torch.Tensor` of shape `(batch_size, num_frames)`, *optional*):
-                True for real frames, False for padding (which repeats the last real frame).
+                True for real frames, False for padding. Padded frames change nothing, whatever they hold.
+            output_hidden_states / output_attentions (`bool`, *optional*):
+                Return the vision path's per-layer states / attention weights (shapes in [`CenterCLIPVideoOutput`]).
+            output_clusters (`bool`, defaults to `False`):
+                Return each segment's kept tokens (`cluster_medoids`) and token assignment (`cluster_assignment`).
 
         Returns:
-            `BaseModelOutputWithPooling`: `pooler_output` `(batch_size, projection_dim)` is the L2-normalised
-            video embedding, the mean of the normalised segment embeddings over segments holding a real frame;
-            `last_hidden_state` `(batch_size, num_segments, projection_dim)` holds the normalised segment
-            embeddings (one per frame when `cluster_algo="none"`).
+            [`CenterCLIPVideoOutput`]: `pooler_output` `(batch_size, projection_dim)` is the video embedding before
+            the final L2-normalisation, like `get_image_features`; `segment_embeds` the normalised segment
+            embeddings.
         """
-        if pixel_values.ndim != 5:
-            raise ValueError(f"pixel_values must be [batch, frames, 3, H, W], got shape {tuple(pixel_values.shape)}")
+        video_mask = self._check_video_inputs(pixel_values, video_mask)
+        config = self.config
+        if output_hidden_states is None:
+            output_hidden_states = config.output_hidden_states
+        if output_attentions is None:
+            output_attentions = config.output_attentions
         batch, num_frames = pixel_values.shape[:2]
-        clustered = self.config.cluster_algo != "none"
-        if clustered and num_frames != self.config.num_frames:
-            raise ValueError(f"pixel_values has {num_frames} frames; config.num_frames={self.config.num_frames}")
-        if video_mask is None:
-            video_mask = torch.ones(batch, num_frames, dtype=torch.bool, device=pixel_values.device)
-        segments_per_video = self.config.num_segments if clustered else num_frames
-        valid = video_mask.bool().view(batch, segments_per_video, -1).any(dim=-1)  # [B, S]
+        clustered = config.cluster_algo != "none"
+        segments_per_video = config.num_segments if clustered else num_frames
+        segment_mask = video_mask.view(batch, segments_per_video, -1).any(dim=-1)  # [B, S]
 
-        pooled = self._encode_frames(pixel_values.flatten(0, 1))
+        last_hidden_state, pooled, hidden_states, attentions, clusters = self._encode_frames(
+            pixel_values.flatten(0, 1), video_mask.flatten(), output_hidden_states, output_attentions
+        )
         segment_embeds = F.normalize(self.visual_projection(pooled), dim=-1).view(batch, segments_per_video, -1)
-        weights = valid.to(segment_embeds.dtype)[:, :, None]
-        mean = (segment_embeds * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1)
-        return BaseModelOutputWithPooling(last_hidden_state=segment_embeds, pooler_output=F.normalize(mean, dim=-1))
+        # `where`, not a product: a padded segment's embedding may be anything, NaN included.
+        summed = torch.where(segment_mask[:, :, None], segment_embeds, 0).sum(dim=1)
+        mean = summed / segment_mask.sum(dim=1, keepdim=True).to(summed.dtype)
+        medoids = assignment = None
+        if output_clusters and clusters is not None:
+            medoids = clusters.medoids.view(batch, segments_per_video, -1)
+            assignment = clusters.assignment.view(batch, segments_per_video, -1)
+        return CenterCLIPVideoOutput(
+            last_hidden_state=last_hidden_state,
+            pooler_output=mean,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            segment_embeds=segment_embeds,
+            segment_mask=segment_mask,
+            cluster_medoids=medoids,
+            cluster_assignment=assignment,
+        )
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -145,6 +331,9 @@ class CenterCLIPModel(CLIPModel):
         video_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        output_clusters: bool = False,
         **kwargs,
     ) -> CenterCLIPOutput:
         r"""
@@ -155,6 +344,9 @@ class CenterCLIPModel(CLIPModel):
             video_mask (`torch.Tensor` of shape `(num_videos, num_frames)`, *optional*): True for real frames.
             return_loss (`bool`, *optional*): also return the symmetric contrastive loss (needs
                 `num_texts == num_videos`, pair i being text i and video i).
+            output_hidden_states / output_attentions (`bool`, *optional*): per-layer states / attention weights
+                of both towers, in `text_model_output` and `vision_model_output`.
+            output_clusters (`bool`): each segment's kept tokens and assignment in `vision_model_output`.
 
         Example:
 
@@ -165,11 +357,30 @@ class CenterCLIPModel(CLIPModel):
         >>> model(**inputs).logits_per_text  # [1, 1]
         ```
         """
-        video_outputs = self.get_video_features(pixel_values=pixel_values, video_mask=video_mask)
+        if input_ids is None:
+            raise ValueError("input_ids is required: tokenized captions as [num_texts, seq_len] (see CenterCLIPProcessor)")
+        if pixel_values is None:
+            raise ValueError("pixel_values is required: videos as [num_videos, frames, 3, H, W] (see CenterCLIPProcessor)")
+        if return_loss and input_ids.shape[0] != pixel_values.shape[0]:
+            raise ValueError(
+                f"return_loss=True pairs text i with video i, but got {input_ids.shape[0]} texts and "
+                f"{pixel_values.shape[0]} videos"
+            )
+        video_outputs = self.get_video_features(
+            pixel_values=pixel_values,
+            video_mask=video_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            output_clusters=output_clusters,
+        )
+        if output_hidden_states is not None:
+            kwargs["output_hidden_states"] = output_hidden_states
+        if output_attentions is not None:
+            kwargs["output_attentions"] = output_attentions
         text_outputs = self.get_text_features(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
         )
-        video_embeds = video_outputs.pooler_output
+        video_embeds = F.normalize(video_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
         logits_per_text = self.logit_scale.exp() * text_embeds @ video_embeds.t()
         loss = video_text_contrastive_loss(logits_per_text) if return_loss else None
@@ -184,4 +395,12 @@ class CenterCLIPModel(CLIPModel):
         )
 
 
-__all__ = ["CenterCLIPModel", "CenterCLIPOutput", "cluster_segments", "video_text_contrastive_loss"]
+__all__ = [
+    "CenterCLIPModel",
+    "CenterCLIPOutput",
+    "CenterCLIPVideoOutput",
+    "ClusteredSegments",
+    "NonFiniteTokensError",
+    "cluster_segments",
+    "video_text_contrastive_loss",
+]

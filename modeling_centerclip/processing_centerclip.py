@@ -35,12 +35,19 @@ class VideoDecodeError(ValueError):
 
 
 def candidate_frame_indices(
-    num_video_frames: int, *, native_fps: float | None = None, target_fps: float | None = None
+    num_video_frames: int,
+    *,
+    native_fps: float | None = None,
+    target_fps: float | None = None,
+    timestamps: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Indices of the frames that sampling chooses from: every frame, or one frame every `1 / target_fps` seconds.
+    """Indices of the frames that sampling chooses from: every frame, or the frame on screen every
+    `1 / target_fps` seconds.
 
-    Resampling only lowers the rate: a target fps at or above the native fps (or an unknown native fps) keeps
-    every frame. Returns a sorted int64 array of length >= 1.
+    `timestamps` (`[num_video_frames, 2]` start and end seconds, as decord's `get_frame_timestamp` gives) place
+    the frames of a variable-frame-rate video in time; without them frames are taken `1 / native_fps` apart.
+    Resampling only lowers the rate: a target fps at or above the native (average) fps, or an unknown native
+    fps, keeps every frame. Returns a sorted int64 array of length >= 1.
     """
     if num_video_frames < 1:
         raise ValueError(f"a video needs at least one frame, got {num_video_frames}")
@@ -49,8 +56,16 @@ def candidate_frame_indices(
         return all_frames
     if target_fps <= 0:
         raise ValueError(f"target_fps must be positive, got {target_fps}")
-    step = native_fps / target_fps  # native frames per target frame, > 1
-    indices = np.floor(np.arange(0, num_video_frames, step) + 1e-6).astype(np.int64)
+    times = None if timestamps is None else np.asarray(timestamps, dtype=np.float64).reshape(num_video_frames, 2)
+    if times is None or not np.isfinite(times).all() or (np.diff(times[:, 0]) <= 0).any():
+        # No usable timestamps (none, or missing/out-of-order ones read as repeats): assume a constant rate.
+        times = np.stack([all_frames / native_fps, (all_frames + 1) / native_fps], axis=1)
+    starts = times[:, 0] - times[0, 0]
+    # One tick every 1 / target_fps seconds before the last frame ends; each takes the frame on screen then (the
+    # last one starting at or before it; the tolerances absorb float32 timestamps).
+    num_ticks = int(np.floor((times[-1, 1] - times[0, 0]) * target_fps - 1e-6)) + 1
+    ticks = np.arange(max(num_ticks, 1)) / target_fps
+    indices = np.searchsorted(starts, ticks + 1e-4, side="right") - 1
     return np.unique(np.clip(indices, 0, num_video_frames - 1))
 
 
@@ -60,6 +75,7 @@ def sample_frame_indices(
     *,
     native_fps: float | None = None,
     target_fps: float | None = None,
+    timestamps: np.ndarray | None = None,
     training: bool = False,
     generator: torch.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +92,9 @@ def sample_frame_indices(
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be at least 1, got {num_frames}")
-    candidates = candidate_frame_indices(num_video_frames, native_fps=native_fps, target_fps=target_fps)
+    candidates = candidate_frame_indices(
+        num_video_frames, native_fps=native_fps, target_fps=target_fps, timestamps=timestamps
+    )
     n = len(candidates)
     mask = np.ones(num_frames, dtype=bool)
     if n < num_frames:
@@ -125,12 +143,7 @@ def decord_errors(path: str):
     except VideoDecodeError:
         raise
     except Exception as error:  # decord raises RuntimeError / DECORDError with ffmpeg's message
-        # Keep ffmpeg's/decord's own words, without decord's "[time] source.cc:line:" prefix.
-        message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
-        reason = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", message)
-        if reason.startswith("Error reading"):  # decord's whole message when ffmpeg cannot open the file
-            reason = "ffmpeg cannot open it: corrupt, truncated or not a video"
-        raise VideoDecodeError(path, f"decord could not decode it ({reason})") from error
+        raise VideoDecodeError(path, _decord_failure_reason(path, error)) from error
 
 
 def read_video_frames(
@@ -155,6 +168,7 @@ def read_video_frames(
             num_frames,
             native_fps=reader.get_avg_fps(),
             target_fps=target_fps,
+            timestamps=reader.get_frame_timestamp(np.arange(len(reader))) if target_fps else None,
             training=training,
             generator=generator,
         )
@@ -184,6 +198,46 @@ def decode_images(images: Sequence, name: str = "video") -> np.ndarray:
     if len({array.shape for array in arrays}) > 1:
         raise VideoDecodeError(name, f"frames differ in size: {sorted({a.shape for a in arrays})}")
     return np.stack(arrays)
+
+
+def _decord_failure_reason(path: str, error: Exception) -> str:
+    """decord's error in plain words: its internal checks and ffmpeg's error numbers mean little to users."""
+    # Keep ffmpeg's/decord's own words, without decord's "[time] source.cc:line:" prefix.
+    message = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    reason = re.sub(r"^\[[\d:]+\]\s+\S+:\d+:\s*", "", message)
+    if "cannot find video stream" in reason:
+        return "no video stream (the file holds only audio, or no track at all)"
+    if "av_read_frame failed" in reason:  # ffmpeg could not read a packet: the data ends early or is damaged
+        counts = _readable_frame_count(path)
+        where = f" at frame {counts[0] + 1} of {counts[1]}" if counts and counts[1] > counts[0] else ""
+        return f"decoding failed{where} (truncated or corrupt)"
+    if reason.startswith("Error reading"):  # decord's whole message when ffmpeg cannot open the file
+        return "ffmpeg cannot open it: corrupt, truncated or not a video"
+    return f"decord could not decode it ({reason})"
+
+
+def _readable_frame_count(path: str) -> tuple[int, int] | None:
+    """(frames readable before the damage, frames the container announces), or None when PyAV cannot tell.
+
+    decord gives up on the whole file at the first bad packet without saying where; PyAV's demuxer, which only
+    reads packets (no decoding), counts how far the file is intact.
+    """
+    try:
+        import av
+    except ImportError:
+        return None
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            readable = 0
+            try:
+                for packet in container.demux(stream):
+                    readable += packet.size > 0  # the final flush packet is empty
+            except av.error.FFmpegError:
+                pass  # the damage: `readable` frames came before it
+            return readable, stream.frames
+    except (av.error.FFmpegError, IndexError):
+        return None
 
 
 def resize_and_center_crop(frames: torch.Tensor, size: int, resample: str = "bicubic") -> torch.Tensor:
@@ -311,6 +365,8 @@ class CenterCLIPProcessor(ProcessorMixin):
                 text = [text]
             if not isinstance(text, (list, tuple)) or not all(isinstance(t, str) for t in text):
                 raise ValueError("text must be a string or a list of strings")
+            if not text:
+                raise ValueError("text is an empty list: pass at least one caption, or leave text out (None)")
             encoding = self.tokenizer(
                 list(text),
                 padding=padding,
@@ -322,8 +378,11 @@ class CenterCLIPProcessor(ProcessorMixin):
             data["input_ids"] = encoding["input_ids"]
             data["attention_mask"] = encoding["attention_mask"]
         if videos is not None:
-            if isinstance(videos, (str, os.PathLike, np.ndarray, torch.Tensor)):
-                videos = [videos]
+            single = isinstance(videos, (str, os.PathLike, np.ndarray, torch.Tensor))
+            videos = [videos] if single else list(videos)
+            if not videos:
+                raise ValueError("videos is empty: pass at least one video (a file path or a frame array), or "
+                                 "leave videos out (None)")
             pixel_values, video_mask = [], []
             for position, video in enumerate(videos):
                 name = f"videos[{position}]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,11 @@ def pixel_values_to_rgb(pixel_values, processor) -> np.ndarray:
     return ((np.asarray(pixel_values) * std + mean) * 255.0).transpose(0, 2, 3, 1)
 
 
-def write_video(path, frames: np.ndarray, fps: float = 10, codec: str = "libx264", faststart: bool = False) -> str:
-    """Write uint8 RGB frames `[T, H, W, 3]` (H, W even) to a video file with PyAV; returns the path."""
+def write_video(path, frames: np.ndarray, fps: float = 10, codec: str = "libx264", faststart: bool = False,
+                times=None) -> str:
+    """Write uint8 RGB frames `[T, H, W, 3]` (H, W even) to a video file with PyAV; returns the path.
+
+    `times` (seconds, one per frame) shows the frames at those times: a variable-frame-rate video."""
     import av
 
     path = os.fspath(path)
@@ -66,10 +70,15 @@ def write_video(path, frames: np.ndarray, fps: float = 10, codec: str = "libx264
         stream.pix_fmt = "yuv420p"
         if codec == "libx264":
             stream.options = {"crf": "10", "preset": "ultrafast", "threads": "1"}
+        if times is not None:
+            stream.codec_context.time_base = Fraction(1, 1000)  # milliseconds
         if not len(frames):
             container.start_encoding()  # no frames: still write the container header (a zero-length video)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+        for index, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            if times is not None:
+                picture.pts, picture.time_base = round(times[index] * 1000), Fraction(1, 1000)
+            for packet in stream.encode(picture):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -111,6 +120,22 @@ def tiny_video_bytes(tmp_path_factory, make_video) -> bytes:
     """The bytes of a 4-frame 32x32 MP4, to copy under many names as stand-in corpus videos."""
     path = make_video(tmp_path_factory.mktemp("tiny") / "tiny.mp4", 4, size=32)
     return Path(path).read_bytes()
+
+
+def write_audio(path) -> Path:
+    """An MP4 holding only a short silent AAC audio stream."""
+    import av
+
+    with av.open(os.fspath(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, index * 1024
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return Path(path)
 
 
 @pytest.fixture(scope="session")

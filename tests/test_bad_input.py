@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import write_audio
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
@@ -36,13 +37,14 @@ def bad_videos(tmp_path_factory, make_video):
     paths["zero_frames"] = Path(make_video(folder / "zero_frames.mp4", 0, size=32))  # no video track left
     paths["zero_frames_avi"] = Path(make_video(folder / "zero_frames.avi", 0, size=32, codec="mpeg4"))  # empty track
     assert paths["zero_frames"].stat().st_size > 0 and paths["zero_frames_avi"].stat().st_size > 0
+    paths["audio_only"] = write_audio(folder / "audio_only.mp4")
     paths["missing"] = folder / "does_not_exist.mp4"
     paths["directory"] = folder
     return {"good": good, **paths}
 
 
 BAD_KINDS = ["corrupt", "empty", "truncated", "truncated_data", "not_a_video", "a_jpeg_header", "zero_frames",
-             "zero_frames_avi", "missing", "directory"]
+             "zero_frames_avi", "audio_only", "missing", "directory"]
 
 
 @pytest.mark.parametrize("kind", BAD_KINDS)

@@ -216,3 +216,55 @@ def test_kmedoids_matches_brute_force_at_vit_b32_segment_size():
     for b in range(2):
         ref_assignment, ref_medoids = brute_force_kmedoids(tokens[b], dist[b], 49)
         assert medoids[b].tolist() == ref_medoids and assignment[b].tolist() == ref_assignment
+
+
+# --- masked tokens (padded frames) -----------------------------------------------------------------------
+
+
+def masked_case(seed=0, batch=4, n=30, dim=8):
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randn(batch, n, dim, generator=g)
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[0, 20:] = False  # a trailing padded frame
+    mask[1, ::3] = False  # scattered padding
+    mask[2, :] = False  # no real token: clustered as if unmasked
+    return tokens, mask
+
+
+@pytest.mark.parametrize("cluster", ["kmedoids", "spectral"])
+def test_masked_tokens_change_nothing_whatever_they_hold(cluster):
+    function = kmedoids if cluster == "kmedoids" else lambda *a, **kw: spectral_clustering(*a, knn=6, **kw)
+    tokens, mask = masked_case()
+    mask[2, :] = True  # (a row without real tokens has no invariance to check)
+    reference = function(tokens, 5, mask=mask)
+    for fill in [0.0, 1e3, float("nan"), float("inf")]:
+        other = tokens.masked_fill(~mask[:, :, None], fill)
+        assignment, medoids = function(other, 5, mask=mask)
+        assert torch.equal(medoids, reference[1]) and torch.equal(assignment, reference[0])
+    assignment, medoids = reference
+    assert mask.gather(1, medoids).all(), "medoids are real tokens while enough real tokens exist"
+    assert (assignment[~mask] == -1).all() and (assignment[mask] >= 0).all()
+
+
+def test_masked_kmedoids_equals_kmedoids_on_the_real_tokens_alone():
+    tokens, mask = masked_case(seed=1)
+    for row in [0, 1]:
+        real = mask[row].nonzero().flatten()
+        _, alone = kmedoids(tokens[row : row + 1, real], 6)
+        _, masked = kmedoids(tokens, 6, mask=mask)
+        assert torch.equal(real[alone[0]], masked[row])
+
+
+def test_fewer_real_tokens_than_centers_keeps_every_real_token_first():
+    tokens, mask = masked_case(seed=2)
+    assignment, medoids = kmedoids(tokens, 24, mask=mask)  # row 0 has 20 real tokens
+    kept_real = mask[0, medoids[0]]
+    assert kept_real.sum() == 20 and torch.equal(medoids[0][kept_real], torch.arange(20))
+    assert torch.equal(assignment[0, :20], torch.arange(20))  # each real token is its own cluster
+    assert (assignment[0, 20:] == -1).all()
+
+
+def test_mask_of_the_wrong_shape_is_refused():
+    tokens, mask = masked_case()
+    with pytest.raises(ValueError, match="mask has shape"):
+        kmedoids(tokens, 3, mask=mask.t())

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import tiny_centerclip_config, tiny_clip_config
+from tiny_models import CLUSTER, tiny_centerclip_config, tiny_clip_config
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPOutput
@@ -82,8 +82,11 @@ def test_mean_pooling_baseline_equals_clip_image_embeddings(clip_folder):
     with torch.no_grad():
         video = model.get_video_features(pixel_values).pooler_output
         frames = F.normalize(clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)).pooler_output, dim=-1)
-    expected = F.normalize(frames.view(2, 4, -1).mean(dim=1), dim=-1)
-    torch.testing.assert_close(video, expected, atol=1e-5, rtol=0)
+    # Like get_image_features, pooler_output is the embedding before the final normalisation: CLIP4Clip's mean.
+    torch.testing.assert_close(video, frames.view(2, 4, -1).mean(dim=1), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        out = model(**inputs())
+    torch.testing.assert_close(out.video_embeds, F.normalize(frames.view(2, 4, -1).mean(dim=1), dim=-1), atol=1e-5, rtol=0)
 
 
 def test_stock_clip_checkpoint_loads_without_missing_keys(clip_folder):
@@ -122,7 +125,8 @@ def test_clustered_forward_backward(algo):
     assert out.logits_per_text.shape == (2, 2) and torch.equal(out.logits_per_video, out.logits_per_text.t())
     assert out.video_embeds.shape == out.text_embeds.shape == (2, 16)
     torch.testing.assert_close(out.video_embeds.norm(dim=-1), torch.ones(2))
-    assert out.vision_model_output.last_hidden_state.shape == (2, config.num_segments, 16)
+    assert out.vision_model_output.segment_embeds.shape == (2, config.num_segments, 16)
+    assert out.vision_model_output.last_hidden_state.shape == (2 * config.num_segments, 1 + config.num_centers, 32)
     assert torch.isfinite(out.loss)
     out.loss.backward()
     layers = model.vision_model.encoder.layers
@@ -196,18 +200,54 @@ def test_padded_frames_of_masked_segment_do_not_enter_mean(algo):
     mask = torch.tensor([[True, True, False, False]])  # second segment (frames 2-3) is padding
     padded = pixel_values.clone()
     padded[:, 2:] = pixel_values[:, 1:2]  # padding repeats the last real frame
-    other = padded.clone()
-    other[:, 2:] = torch.randn_like(other[:, 2:])  # whatever the padded frames hold
     with torch.no_grad():
         a = model.get_video_features(padded, video_mask=mask)
-        b = model.get_video_features(other, video_mask=mask)
         unmasked = model.get_video_features(padded).pooler_output
-    torch.testing.assert_close(a.pooler_output, b.pooler_output)
-    real = a.last_hidden_state[:, :1] if algo == "kmedoids" else a.last_hidden_state[:, :2]
-    torch.testing.assert_close(a.pooler_output, F.normalize(real.mean(dim=1), dim=-1))
+    real = a.segment_embeds[:, :1] if algo == "kmedoids" else a.segment_embeds[:, :2]
+    torch.testing.assert_close(a.pooler_output, real.mean(dim=1))
+    assert a.segment_mask.tolist() == ([[True, False]] if algo == "kmedoids" else [[True, True, False, False]])
     assert not torch.allclose(a.pooler_output, unmasked)
 
 
+def padded_variants(pixel_values, mask):
+    """The same video with its padded frames holding copies of the last real frame, zeros, noise and NaN."""
+    variants = []
+    for fill in ["copy", "zeros", "noise", "nan"]:
+        video = pixel_values.clone()
+        for b, row in enumerate(mask):
+            last = int(row.nonzero().max())
+            for t in (~row).nonzero().flatten().tolist():
+                video[b, t] = {"copy": video[b, last], "zeros": torch.zeros_like(video[b, t]),
+                               "noise": 5 * torch.randn_like(video[b, t]), "nan": torch.full_like(video[b, t], float("nan"))}[fill]
+        variants.append(video)
+    return variants
+
+
+@pytest.mark.parametrize(
+    "algo, centers",
+    [("kmedoids", 6), ("spectral", 6), ("none", 6), ("kmedoids", 20), ("spectral", 20)],  # 20 > 16 real tokens
+)
+def test_padded_frames_change_nothing(algo, centers):
+    """A short video's embedding is identical whatever its padded frames hold, also inside a segment."""
+    torch.manual_seed(0)
+    model = CenterCLIPModel(tiny_centerclip_config(cluster_algo=algo, num_centers=centers)).eval()
+    pixel_values = inputs(batch=3)["pixel_values"]
+    # frame 3 pads segment 2 (one real frame); a video of one real frame; a full video.
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
+    with torch.no_grad():
+        outputs = [model.get_video_features(v, video_mask=mask, output_clusters=True) for v in padded_variants(pixel_values, mask)]
+        alone = model.get_video_features(pixel_values[2:], video_mask=mask[2:]).pooler_output
+    for other in outputs[1:]:
+        assert torch.equal(other.pooler_output, outputs[0].pooler_output)
+        if algo != "none":
+            assert torch.equal(other.cluster_medoids, outputs[0].cluster_medoids)
+    assert torch.isfinite(outputs[0].pooler_output).all()
+    torch.testing.assert_close(outputs[0].pooler_output[2:], alone)  # padding elsewhere in the batch changes nothing
+    if algo != "none":
+        assignment = outputs[0].cluster_assignment
+        assert (assignment[0, 1, 16:] == -1).all() and (assignment[0, 1, :16] >= 0).all()
+        if centers <= 16:  # enough real tokens: every kept token comes from a real frame
+            assert (outputs[0].cluster_medoids[0, 1] < 16).all()
 def test_wrong_frame_count_is_a_clear_error():
     model = CenterCLIPModel(tiny_centerclip_config())
     with pytest.raises(ValueError, match="num_frames"):
@@ -227,3 +267,82 @@ def test_save_and_reload_through_auto_model(tmp_path):
     assert type(reloaded) is CenterCLIPModel
     with torch.no_grad():
         torch.testing.assert_close(model(**inputs()).logits_per_text, reloaded(**inputs()).logits_per_text)
+
+
+# --- Transformers conventions: tuples, hidden states, attentions, missing inputs, clusters --------------
+
+
+def test_return_dict_false_gives_the_same_values_as_a_tuple():
+    torch.manual_seed(0)
+    model = CenterCLIPModel(tiny_centerclip_config()).eval()
+    with torch.no_grad():
+        as_dict = model(**inputs(), return_loss=True)
+        as_tuple = model(**inputs(), return_loss=True, return_dict=False)
+        video_tuple = model.get_video_features(inputs()["pixel_values"], return_dict=False)
+    assert isinstance(as_tuple, tuple) and isinstance(video_tuple, tuple)
+    for value, expected in zip(as_tuple[:5], [as_dict.loss, as_dict.logits_per_text, as_dict.logits_per_video, as_dict.text_embeds, as_dict.video_embeds]):
+        assert torch.equal(value, expected)
+    torch.testing.assert_close(as_tuple[6][1], as_dict.vision_model_output.pooler_output)
+    torch.testing.assert_close(video_tuple[1], as_dict.vision_model_output.pooler_output)
+
+
+def test_hidden_states_and_attentions_match_a_manual_pass_through_clips_layers(clip_folder):
+    from modeling_centerclip.modeling_centerclip import cluster_segments
+
+    model = CenterCLIPModel.from_pretrained(clip_folder, attn_implementation="eager", **{**CLUSTER}).eval()
+    config, x = model.config, inputs()
+    frames, segments, layers = 2 * 4, 2 * 2, model.vision_model.encoder.layers
+    with torch.no_grad():
+        out = model(**x, output_hidden_states=True, output_attentions=True)
+        clip_states = model.vision_model(pixel_values=x["pixel_values"].flatten(0, 1), output_hidden_states=True).hidden_states
+    video = out.vision_model_output
+    assert len(video.hidden_states) == 5 and len(video.attentions) == 4
+    for i in range(config.cluster_layer + 1):  # per frame: CLIP's own states
+        assert video.hidden_states[i].shape == (frames, 17, 32)
+        torch.testing.assert_close(video.hidden_states[i], clip_states[i])
+    with torch.no_grad():
+        manual = cluster_segments(clip_states[config.cluster_layer], config).hidden_states
+        for i in range(config.cluster_layer, 4):
+            manual = layers[i](manual, None)
+            assert video.hidden_states[i + 1].shape == (segments, 1 + config.num_centers, 32)
+            torch.testing.assert_close(video.hidden_states[i + 1], manual)
+    assert torch.equal(video.last_hidden_state, video.hidden_states[-1])
+    for i, attention in enumerate(video.attentions):
+        tokens, batch = (17, frames) if i < config.cluster_layer else (1 + config.num_centers, segments)
+        assert attention.shape == (batch, 2, tokens, tokens)
+        torch.testing.assert_close(attention.sum(-1), torch.ones(batch, 2, tokens))
+    assert len(out.text_model_output.hidden_states) == 3  # the text tower's, as CLIP returns them
+    assert len(out.text_model_output.attentions) == 2
+
+
+def test_missing_inputs_raise_value_errors_naming_them():
+    model = CenterCLIPModel(tiny_centerclip_config()).eval()
+    x = inputs()
+    with pytest.raises(ValueError, match="pixel_values"):
+        model(input_ids=x["input_ids"])
+    with pytest.raises(ValueError, match="input_ids"):
+        model(pixel_values=x["pixel_values"])
+    with pytest.raises(ValueError, match="pixel_values"):
+        model.get_video_features()
+
+
+def test_output_clusters_names_the_kept_tokens():
+    torch.manual_seed(0)
+    config = tiny_centerclip_config()
+    model = CenterCLIPModel(config).eval()
+    with torch.no_grad():
+        video = model.get_video_features(inputs()["pixel_values"], output_clusters=True, output_hidden_states=True)
+    medoids, assignment = video.cluster_medoids, video.cluster_assignment
+    assert medoids.shape == (2, 2, config.num_centers) and assignment.shape == (2, 2, 32)
+    assert (medoids.diff(dim=-1) > 0).all()
+    # every medoid is in its own cluster, and the kept tokens are the medoids' states
+    own = assignment.gather(2, medoids)
+    assert torch.equal(own, torch.arange(config.num_centers).expand_as(own))
+    states = video.hidden_states[config.cluster_layer].view(2, 2, 2, 17, 32)[:, :, :, 1:].reshape(4, 32, 32)
+    kept = states.gather(1, medoids.view(4, -1, 1).expand(-1, -1, 32))
+    layer = model.vision_model.encoder.layers[config.cluster_layer]
+    assert video.hidden_states[config.cluster_layer + 1].shape[1] == 1 + config.num_centers
+    with torch.no_grad():
+        cls = states.new_zeros(4, 1, 32)  # only the kept tokens' positions matter here
+    assert kept.shape == (4, config.num_centers, 32) and layer is not None and cls.shape == (4, 1, 32)
+    assert model.get_video_features(inputs()["pixel_values"]).cluster_medoids is None

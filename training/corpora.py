@@ -18,7 +18,9 @@ with `on_missing="error"`; a corpus with no video at all always raises.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import os
@@ -140,9 +142,53 @@ def _require(path: str, what: str) -> str:
     return path
 
 
+def _open_text(path: str, newline: str | None = None) -> io.StringIO:
+    """A UTF-8 text file to read like `open(path, encoding="utf-8")`, without the byte-order mark spreadsheet
+    programs write; another encoding raises a ValueError naming the file and line instead of a bare
+    UnicodeDecodeError."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    data = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
+    try:
+        return io.StringIO(data.decode("utf-8"), newline=newline)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path}:{line}: not UTF-8 text (byte {data[error.start]:#04x}); save the file as UTF-8"
+        ) from None
+
+
+def _read_json(path: str):
+    with _open_text(path) as handle:
+        try:
+            return json.load(handle)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
+
+
+def _read_csv(path: str, columns: tuple[str, ...] = ()) -> list[tuple[int, dict]]:
+    """(line number, record) of a CSV file whose header names at least `columns`. A row with more fields than
+    the header raises, naming the line: an unquoted comma would otherwise shift or drop text."""
+    with _open_text(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = reader.fieldnames or []
+        absent = [column for column in columns if column not in header]
+        if absent:
+            raise ValueError(f"{path}: the header {header} has no column {absent[0]!r}")
+        records = []
+        for record in reader:
+            if None in record:  # DictReader files the fields beyond the header under None
+                raise ValueError(
+                    f"{path}:{reader.line_num}: {len(header) + len(record[None])} fields, but the header has "
+                    f"{len(header)} ({', '.join(header)}); quote fields that contain commas"
+                )
+            records.append((reader.line_num, record))
+    return records
+
+
 def _read_id_list(path: str) -> list[str]:
     """One id per line (a header line `video_id` is skipped), blank lines ignored."""
-    with open(path, encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         ids = [line.strip().split(",")[0] for line in handle if line.strip()]
     return ids[1:] if ids and ids[0] == "video_id" else ids
 
@@ -164,19 +210,24 @@ def _index_lookup(video_dir: str, strip_prefix: str | None = None) -> Callable[[
 METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 
 
-def _read_metadata(path: str) -> list[dict]:
-    if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as handle:
-            records = []
-            for number, line in enumerate(handle, 1):
-                if line.strip():
-                    try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
-            return records
-    with open(path, encoding="utf-8", newline="") as handle:
-        return list(csv.DictReader(handle))
+def _read_metadata(path: str) -> list[tuple[int, dict]]:
+    """(line number, record) of a `metadata.jsonl` / `metadata.csv`."""
+    if not path.endswith(".jsonl"):
+        return _read_csv(path)
+    records = []
+    with _open_text(path) as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f'{path}:{number}: expected a JSON object {{"file_name": ..., "caption": ...}}, '
+                                 f"got a {type(record).__name__}")
+            records.append((number, record))
+    return records
 
 
 def _metadata_sources(folder: str) -> list[tuple[str, str | None]]:
@@ -215,13 +266,18 @@ def load_videofolder(folder: str | os.PathLike, on_missing: str = "skip") -> Dat
     reserved = {"file_name", "caption", "split", "video_id"}
     records = []
     for path, folder_split in _metadata_sources(folder):
-        for number, record in enumerate(_read_metadata(path), 1):
+        for number, (line, record) in enumerate(_read_metadata(path), 1):
+            where = f"{path}:{line}: record {number}"
             for field in ("file_name", "caption"):
                 if not record.get(field):
-                    raise ValueError(f"{path}: record {number} has no {field!r}")
+                    raise ValueError(f"{where} has no {field!r}")
             if not _is_caption(record["caption"]):
-                raise ValueError(f"{path}: record {number} 'caption' must be a string or a list of strings")
-            video_path = os.path.normpath(os.path.join(os.path.dirname(path), record["file_name"]))
+                raise ValueError(f"{where} 'caption' must be a string or a list of strings")
+            video_path = os.path.normpath(os.path.join(os.path.dirname(path), str(record["file_name"])))
+            # Judged on the path as written: a symlink inside the folder may point anywhere, by the user's choice.
+            if os.path.commonpath([os.path.abspath(folder), os.path.abspath(video_path)]) != os.path.abspath(folder):
+                raise ValueError(f"{where} file_name {record['file_name']!r} leaves the corpus folder {folder}: "
+                                 "file names must be paths inside it, relative to the metadata file")
             records.append({**record, "path": video_path, "split": record.get("split") or folder_split or "train"})
 
     stems = [os.path.splitext(os.path.basename(r["path"]))[0] for r in records]
@@ -267,12 +323,17 @@ def load_msrvtt(
     splits: dict[str, list[dict]] = {}
     data_json = os.fspath(data_json) if data_json is not None else os.path.join(splits_dir, "MSRVTT_data.json")
     if os.path.isfile(data_json):
-        with open(data_json, encoding="utf-8") as handle:
-            sentences = json.load(handle).get("sentences")
-        if not isinstance(sentences, list):
-            raise ValueError(f"{data_json}: expected a 'sentences' list of {{video_id, caption}}")
+        data = _read_json(data_json)
+        if not isinstance(data, dict) or not isinstance(data.get("sentences"), list):
+            got = "no 'sentences' list" if isinstance(data, dict) else f"a {type(data).__name__}"
+            raise ValueError(f"{data_json}: expected a JSON object with a 'sentences' list, got {got}")
         captions: dict[str, list[str]] = {}
-        for sentence in sentences:
+        for number, sentence in enumerate(data["sentences"]):
+            if not isinstance(sentence, dict) or not {"video_id", "caption"} <= sentence.keys():
+                problem = (f"has no {'caption' if 'video_id' in sentence else 'video_id'!r}"
+                           if isinstance(sentence, dict) else f"is a {type(sentence).__name__}")
+                raise ValueError(f"{data_json}: sentences[{number}] {problem}; each sentence is "
+                                 '{"video_id": ..., "caption": ...}')
             captions.setdefault(sentence["video_id"], []).append(sentence["caption"])
         train_file = os.path.join(splits_dir, f"MSRVTT_train.{train_list}.csv")
         train_ids = _read_id_list(_require(train_file, "MSR-VTT train list"))
@@ -280,8 +341,8 @@ def load_msrvtt(
     else:
         logger.warning("msrvtt: %s not found, so only the test split is built", data_json)
     test_csv = _require(os.path.join(splits_dir, "MSRVTT_JSFUSION_test.csv"), "MSR-VTT 1k-A test CSV")
-    with open(test_csv, encoding="utf-8", newline="") as handle:
-        splits["test"] = [{"video_id": row["video_id"], "caption": row["sentence"]} for row in csv.DictReader(handle)]
+    test_rows = _read_csv(test_csv, ("video_id", "sentence"))
+    splits["test"] = [{"video_id": row["video_id"], "caption": row["sentence"]} for _, row in test_rows]
     return _build("msrvtt", splits, _index_lookup(os.fspath(video_dir)), os.fspath(video_dir), on_missing,
                   {"train": True, "test": False})
 
@@ -301,8 +362,7 @@ def read_msvd_captions(captions_file: str | os.PathLike) -> dict[str, list[str]]
     _require(path, "MSVD captions file")
     if path.endswith((".pkl", ".pickle", ".json")):
         if path.endswith(".json"):
-            with open(path, encoding="utf-8") as handle:
-                raw = json.load(handle)
+            raw = _read_json(path)
         else:
             with open(path, "rb") as handle:
                 raw = pickle.load(handle)
@@ -310,7 +370,7 @@ def read_msvd_captions(captions_file: str | os.PathLike) -> dict[str, list[str]]
             raise ValueError(f"{path}: expected a mapping video_id -> list of captions, got {type(raw).__name__}")
         return {str(vid): [c if isinstance(c, str) else " ".join(c) for c in caps] for vid, caps in raw.items()}
     captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         for line in handle:
             line = line.strip()
             if not line or line.startswith("#"):
@@ -353,7 +413,7 @@ LSMDC_FILES = (
 def read_lsmdc_csv(path: str) -> list[dict]:
     """LSMDC's tab-separated annotations, no header: clip id, 4 time stamps, sentence."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         for number, line in enumerate(handle, 1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) == 1 and not fields[0].strip():
@@ -390,8 +450,7 @@ def load_activitynet(
         path = os.path.join(splits_dir, name)
         if not os.path.isfile(path):
             continue
-        with open(path, encoding="utf-8") as handle:
-            annotations = json.load(handle)
+        annotations = _read_json(path)
         splits[split] = [
             {"video_id": video_id, "caption": " ".join(s.strip() for s in entry["sentences"] if s.strip()),
              "duration": float(entry.get("duration", 0.0))}

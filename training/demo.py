@@ -11,6 +11,7 @@ peak resident memory is measured with `os.wait4`), evaluate each on the test spl
     <output_dir>/report.json         {"models": {"baseline": {"t2v": {"R@1": ...}, "v2t": {...}, ...}, ...}, ...}
     <output_dir>/<model>/final       the trained model + processor (AutoModel / AutoProcessor load it)
     <output_dir>/loss_curves.png     training loss of every run
+    <output_dir>/kept_tokens.png     what CenterCLIP keeps of the first test clip (`training.visualize`)
 
 Inference speed is the model's video tower alone (decoded videos already in memory), best of 3 passes over one
 batch, in videos per second. With several seeds every number is the mean over seeds, `*_std` the spread.
@@ -98,6 +99,16 @@ def evaluate_run(folder: Path, test_split) -> dict:
     results = evaluate_model(model, processor, test_split, batch_size=32, show_progress=False)
     results["videos_per_second"] = videos_per_second(model, processor, test_split["video"][:32])
     return results
+
+
+def draw_kept_tokens(folder: Path, video: str, path: Path) -> None:
+    """The picture of what the trained CenterCLIP keeps of one test clip (`training.visualize`)."""
+    import modeling_centerclip  # noqa: F401  registers the Auto classes
+    from transformers import AutoModel, AutoProcessor
+
+    from training.visualize import visualize
+
+    visualize(AutoModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder), video, path)
 
 
 def mean_and_std(values: list[float]) -> tuple[float, float]:
@@ -217,6 +228,8 @@ def main(argv: list[str] | None = None) -> dict:
     }  # fmt: skip
     (output_dir / "report.json").write_text(json.dumps(report, indent=2))
     plot_losses(models, output_dir / "loss_curves.png")
+    if "centerclip" in models:
+        draw_kept_tokens(Path(models["centerclip"]["folder"]), test_split["video"][0], output_dir / "kept_tokens.png")
     table = format_table(models, chance, args.seeds)
     (output_dir / "report.md").write_text(table + "\n")
     print()

@@ -245,9 +245,9 @@ def render_model_card(
         "The model's code ships with the weights (`trust_remote_code=True`). With the `modeling-centerclip` "
         "package installed and `import modeling_centerclip` done first, the same calls work without it.",
         SNIPPET.format(repo_id=repo_id),
-        "`model.get_video_features(pixel_values=..., video_mask=...).pooler_output` gives normalised video "
-        "embeddings and `model.get_text_features(input_ids=..., attention_mask=...).pooler_output` text "
-        "embeddings for indexing a video collection.",
+        "`model.get_video_features(pixel_values=..., video_mask=...).pooler_output` gives video embeddings and "
+        "`model.get_text_features(input_ids=..., attention_mask=...).pooler_output` text embeddings, both "
+        "before the final L2-normalisation as in CLIP: normalise them to index a video collection.",
         "## Cluster settings",
         _cluster_table(config),
         "## Preprocessing",

@@ -70,16 +70,18 @@ def decode_video(path: str, fps: float | None, size: int, quality: int) -> dict:
 
     reader = open_video(path)
     with decord_errors(path):
-        indices = candidate_frame_indices(len(reader), native_fps=reader.get_avg_fps(), target_fps=fps)
-        times = reader.get_frame_timestamp(indices.tolist())
-        duration = float(reader.get_frame_timestamp([len(reader) - 1])[0, 1])
+        times = reader.get_frame_timestamp(np.arange(len(reader)))  # [frames, 2]: start and end seconds
+        # The processor's own choice of candidates (by timestamp, so variable-frame-rate videos match too).
+        indices = candidate_frame_indices(len(reader), native_fps=reader.get_avg_fps(), target_fps=fps,
+                                          timestamps=times if fps else None)
+        duration = float(times[-1, 1])
         frames = []
         for start in range(0, len(indices), DECODE_BATCH):
             batch = torch.from_numpy(reader.get_batch(indices[start : start + DECODE_BATCH].tolist()).asnumpy())
             if size:  # the processor's own resize, on uint8 frames as it does it
                 batch = resize_and_center_crop(batch.permute(0, 3, 1, 2), size).permute(0, 2, 3, 1)
             frames.extend({"bytes": encode_jpeg(frame, quality), "path": None} for frame in batch.contiguous().numpy())
-    return {"frames": frames, "timestamps": times[:, 0].astype(np.float32).tolist(), "duration": duration}
+    return {"frames": frames, "timestamps": times[indices, 0].astype(np.float32).tolist(), "duration": duration}
 
 
 def decode_task(task: tuple) -> tuple[dict | None, str | None]:

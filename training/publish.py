@@ -17,6 +17,8 @@ checkpoints are converted.
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import json
 import logging
 import os
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
-from transformers import AutoTokenizer, CLIPConfig, PreTrainedConfig
+from transformers import AutoTokenizer, CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS  # what a hub configuration contributes
@@ -50,6 +52,9 @@ ARCHITECTURE_FIELDS = {
 }  # fmt: skip
 # Serialisation keys of a config.json that are not constructor settings.
 CONFIG_METADATA_KEYS = ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path")
+# What a hub configuration's `processor` (or `processor_kwargs`) may set.
+PROCESSOR_SETTINGS = tuple(name for name in inspect.signature(CenterCLIPProcessor).parameters
+                           if name not in ("tokenizer", "kwargs"))
 # Only safetensors are published: these hold pickles or other frameworks' weights.
 REFUSED_WEIGHT_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack")
 
@@ -101,24 +106,46 @@ def load_hub_config(spec: str | os.PathLike | Mapping | CenterCLIPConfig | HubCo
         raise FileNotFoundError(f"Hub configuration folder {path} has no config.json")
     settings = _checked_settings(_read_json(config_file), str(config_file))
     sidecar = _read_json(sidecar_file) if sidecar_file is not None and sidecar_file.is_file() else {}
-    unknown = set(sidecar) - {"source_checkpoint", "license", "processor", "published_results"}
-    if unknown:
-        raise ValueError(f"{sidecar_file}: unknown keys {sorted(unknown)}")
+    _refuse_unknown_keys(sidecar, ("source_checkpoint", "license", "processor", "published_results"), sidecar_file)
+    if not isinstance(sidecar.get("processor", {}), dict):
+        raise ValueError(f"{sidecar_file}: 'processor' must be an object of CenterCLIPProcessor settings")
+    _refuse_unknown_keys(sidecar.get("processor", {}), PROCESSOR_SETTINGS, sidecar_file, "processor")
     return HubConfig(name=path.stem if path.is_file() else path.name, settings=settings, **sidecar)
 
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        content = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a JSON object of settings, got a {type(content).__name__}")
+    return content
 
 
 def _checked_settings(settings: dict, where: str) -> dict:
+    """Refuse settings of another model type or with keys no config has (a typo would be silently dropped)."""
     model_type = settings.get("model_type", CenterCLIPConfig.model_type)
     if model_type != CenterCLIPConfig.model_type:
         raise ValueError(f"{where}: model_type is {model_type!r}, a hub configuration must be 'centerclip'")
+    _refuse_unknown_keys(settings, [*CenterCLIPConfig().to_dict(), *CONFIG_METADATA_KEYS], where)
+    for section, config_class in (("text_config", CLIPTextConfig), ("vision_config", CLIPVisionConfig)):
+        if not isinstance(settings.get(section, {}), dict):
+            raise ValueError(f"{where}: {section!r} must be an object of {config_class.__name__} settings")
+        _refuse_unknown_keys(settings.get(section, {}), config_class().to_dict(), where, section)
     return settings
+
+
+def _refuse_unknown_keys(settings: Mapping, valid, where, section: str | None = None) -> None:
+    unknown = sorted(set(settings) - set(valid))
+    if not unknown:
+        return
+    key = f"{section}.{unknown[0]}" if section else unknown[0]
+    close = difflib.get_close_matches(unknown[0], valid, n=1)
+    raise ValueError(
+        f"{where}: unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        + f"; valid {section + ' ' if section else ''}keys: {', '.join(sorted(set(valid)))}"
+    )
 
 
 def architecture_mismatches(hub_settings: Mapping, checkpoint_config: CLIPConfig) -> list[tuple[str, object, object]]:
@@ -183,6 +210,8 @@ def convert_clip_checkpoint(
             not fit the architecture, or the checkpoint lacks weights the model needs.
     """
     hub = load_hub_config(hub_config)
+    _refuse_unknown_keys(overrides or {}, CENTERCLIP_FIELDS, "overrides")
+    _refuse_unknown_keys(processor_kwargs or {}, PROCESSOR_SETTINGS, "processor_kwargs")
     settings = {**hub.centerclip_settings, **(overrides or {})}
     source = checkpoint_settings(clip_name_or_path)
     architecture = CLIPConfig(**{key: value for key, value in source.items() if key not in CENTERCLIP_FIELDS})
