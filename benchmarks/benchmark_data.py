@@ -204,9 +204,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.num_videos, args.seconds, args.width, args.height = 4, 1.0, 160, 120
         args.batch_size, args.epochs, args.decode_fps = 2, 1, [0]
-    if args.torch_threads:
-        torch.set_num_threads(args.torch_threads)
-    results = run(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads or threads)
+    try:
+        results = run(args)
+    finally:
+        torch.set_num_threads(threads)  # main() also runs inside other processes (the tests)
     print_table(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as handle:
