@@ -163,8 +163,8 @@ def print_table(results: dict) -> None:
     store = results.get("frame_store")
     for row in results["runs"] + (store["runs"] if store else []):
         fps = f"{row['decode_fps']:g} fps" if row["decode_fps"] else "native fps"
-        stages = (f"{row['decode_ms_per_clip']:.0f} | {row['preprocess_ms_per_clip']:.0f}" if "decode_ms_per_clip" in row
-                  else "- | -")
+        timed = "decode_ms_per_clip" in row  # stage timings exist for video runs only
+        stages = f"{row['decode_ms_per_clip']:.0f} | {row['preprocess_ms_per_clip']:.0f}" if timed else "- | -"
         print(f"| {row['source']} | {fps} | {row['num_workers']} | {row['clips_per_s']:.1f} | {stages} |")
     if store:
         video = {r["num_workers"]: r["clips_per_s"] for r in results["runs"] if r["decode_fps"] == s["store_fps"]}
