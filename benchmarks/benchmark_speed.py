@@ -12,28 +12,43 @@ For every case (a hub configuration, plus a sweep of centers for ViT-B/32) it me
 - a training step's time and peak memory (forward + backward of the video tower). On the CPU each training
   case runs in a fresh process and peak memory is the rise of peak RSS over the RSS before the step; on
   CUDA it is `torch.cuda.max_memory_allocated()` over the memory allocated before the step,
-- the token-count ceiling: stock FLOPs / CenterCLIP FLOPs (`torch.utils.flop_counter`).
+- the token-count ceiling: stock FLOPs / CenterCLIP FLOPs (`torch.utils.flop_counter`),
+- per clustering call, for the torch and the fused Triton k-medoids backends: the tensor operations it
+  dispatches (`TorchDispatchMode`; the fused kernel counted as its launches, not run, so this works on the
+  CPU too) and, on CUDA, the kernels it launches (`torch.profiler`).
 
-CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa. Output: a table on stdout, a JSON file
-and a plot of speed-up against tokens kept with the FLOPs ceiling drawn in.
+CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa, inference at 1, 8 and 32 videos
+(`--batch_grid`, `--batch`) and training steps of 128 videos, and also times the tower with the torch clustering
+backend forced. Output: a table on stdout, a JSON file and a plot of speed-up against tokens kept with the FLOPs
+ceiling drawn in.
 """
 
 import argparse
+import contextlib
+import importlib
+import importlib.util
 import json
+import os
 import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, CLIPModel
 
-from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel
+from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, clustering
+from modeling_centerclip import modeling_centerclip as modeling
 from modeling_centerclip.modeling_centerclip import cluster_segments
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
@@ -85,11 +100,36 @@ def stock_video_features(clip: CLIPModel, pixel_values: torch.Tensor) -> torch.T
     return F.normalize(F.normalize(frames, dim=-1).view(*pixel_values.shape[:2], -1).mean(dim=1), dim=-1)
 
 
-def video_encoders(stock, centerclip):
-    return {
+def video_encoders(stock, centerclip, compare_backends: bool = False):
+    """Encoders to time; `compare_backends` adds CenterCLIP with the torch clustering backend forced."""
+    encoders = {
         "stock": lambda pixels: stock_video_features(stock, pixels),
         "centerclip": lambda pixels: centerclip.get_video_features(pixels).pooler_output,
     }
+    if compare_backends:
+
+        def torch_clustering(pixels):
+            with clustering_backend("torch"):
+                return centerclip.get_video_features(pixels).pooler_output
+
+        encoders["centerclip_torch_clustering"] = torch_clustering
+    return encoders
+
+
+@contextlib.contextmanager
+def clustering_backend(backend: str):
+    """Force the k-medoids backend inside the model, which always asks for "auto" (spectral clustering too)."""
+    original = clustering.kmedoids
+
+    def forced(*args, **kwargs):
+        return original(*args, **dict(kwargs, backend=backend))
+
+    with mock.patch.object(clustering, "kmedoids", forced), mock.patch.object(modeling, "kmedoids", forced):
+        yield
+
+
+def triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def autocast(device: torch.device):
@@ -106,9 +146,9 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def measure_inference(stock, centerclip, pixels, repeats: int, device) -> dict:
-    """Best seconds per batch of each encoder, run alternately so drift hits both alike."""
-    encoders = video_encoders(stock, centerclip)
+def measure_inference(stock, centerclip, pixels, repeats: int, device, compare_backends: bool = False) -> dict:
+    """Best seconds per batch of each encoder, run alternately so drift hits all alike."""
+    encoders = video_encoders(stock, centerclip, compare_backends)
     seconds = {name: [] for name in encoders}
     with torch.inference_mode(), autocast(device):
         for name, encode in encoders.items():  # warm-up
@@ -119,16 +159,116 @@ def measure_inference(stock, centerclip, pixels, repeats: int, device) -> dict:
     return {name: min(values) for name, values in seconds.items()}
 
 
-def measure_clustering(centerclip, pixels, repeats: int, device) -> float:
-    """Best seconds of the clustering step alone, on the hidden states the tower really clusters."""
-    config = centerclip.config
+def clustered_hidden_states(centerclip, pixels, device) -> torch.Tensor:
+    """The hidden states the tower really clusters (its input at the clustering layer)."""
     with torch.inference_mode(), autocast(device):
         vision = centerclip.vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(pixels.flatten(0, 1)))
-        for block in vision.encoder.layers[: config.cluster_layer]:
+        for block in vision.encoder.layers[: centerclip.config.cluster_layer]:
             hidden = block(hidden, None)
+    return hidden
+
+
+def measure_clustering(centerclip, hidden, repeats: int, device) -> float:
+    """Best seconds of the clustering step alone."""
+    config = centerclip.config
+    with torch.inference_mode(), autocast(device):
         cluster_segments(hidden, config)  # warm-up
         return min(timed(lambda: cluster_segments(hidden, config), device) for _ in range(repeats))
+
+
+def clustering_call(hidden, config):
+    """The clustering call (`kmedoids` or `spectral_clustering`) the model makes on `hidden`, ready to replay
+    with a `backend=` keyword."""
+    calls = []
+
+    def recorder(fn):
+        def record(*args, **kwargs):
+            calls.append(partial(fn, *args, **kwargs))
+            return fn(*args, **kwargs)
+
+        return record
+
+    with (
+        torch.inference_mode(),
+        mock.patch.object(modeling, "kmedoids", recorder(clustering.kmedoids)),
+        mock.patch.object(modeling, "spectral_clustering", recorder(clustering.spectral_clustering)),
+    ):
+        cluster_segments(hidden, config)
+    [call] = calls
+    return call
+
+
+class OpCounter(TorchDispatchMode):
+    """Counts the tensor operations dispatched inside it."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+class LaunchCounter:
+    """Stands in for a Triton kernel (`kernel[grid](...)`): counts launches, runs nothing."""
+
+    def __init__(self):
+        self.launches = 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.launches += 1
+
+        return launch
+
+
+def ops_per_call(call, backend: str) -> int | None:
+    """Tensor operations one clustering call dispatches, plus the fused kernel's launches (counted, not run:
+    its results are not needed, and on the CPU it could only run under Triton's interpreter)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        launches = LaunchCounter()
+        if backend == "triton":
+            if not triton_available():
+                return None
+            fused = importlib.import_module("modeling_centerclip.clustering_triton")
+            stack.enter_context(mock.patch.object(fused, "_kmedoids_kernel", launches))
+            if call.args[0].device.type != "cuda":  # lets CPU tensors through to the (counted) launch
+                stack.enter_context(mock.patch.dict(os.environ, TRITON_INTERPRET="1"))
+        counter = stack.enter_context(OpCounter())
+        call(backend=backend)
+    return counter.count + launches.launches
+
+
+def device_ops(fn, device: torch.device) -> int:
+    """Operations one call of `fn` runs on `device` (`torch.profiler`): the kernels it launches on CUDA (copies
+    and fills not counted), its top-level operators on the CPU."""
+    on_cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_cuda else [ProfilerActivity.CPU]
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        fn()
+        if on_cuda:
+            torch.cuda.synchronize()
+    if on_cuda:
+        return sum(
+            event.count
+            for event in prof.key_averages()
+            if event.device_type == DeviceType.CUDA and not event.key.startswith(("Memcpy", "Memset"))
+        )
+    return sum(1 for event in prof.events() if event.cpu_parent is None)
+
+
+def clustering_counts(hidden, config, device) -> dict:
+    """Per clustering call and backend: dispatched operations, and on CUDA launched kernels."""
+    call = clustering_call(hidden, config)
+    counts = {f"ops_per_call_{backend}": ops_per_call(call, backend) for backend in ("torch", "triton")}
+    if device.type == "cuda":
+        for backend in ("torch", "triton") if triton_available() else ("torch",):
+            call(backend=backend)  # warm-up: Triton compiles on first use
+            counts[f"launches_per_call_{backend}"] = device_ops(partial(call, backend=backend), device)
+    return counts
 
 
 def count_flops(stock, centerclip, pixels) -> dict:
@@ -186,9 +326,13 @@ def _rss_bytes() -> int:
 
 
 def training_in_fresh_process(case: dict) -> dict:
-    """CPU peak RSS is per process, so each training case gets its own."""
+    """CPU peak RSS is per process, so each training case gets its own. None: out of GPU memory."""
     if case["device"] == "cuda":
-        return training_step(case)
+        try:
+            return training_step(case)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            return None
     result = subprocess.run(
         [sys.executable, __file__, "--_train_case", json.dumps(case)], capture_output=True, text=True, check=False
     )
@@ -200,7 +344,7 @@ def training_in_fresh_process(case: dict) -> dict:
 def default_train_batch(config: CenterCLIPConfig, device: torch.device) -> int:
     """Videos per training step: enough that activations, not gradients, dominate memory (as in real training)."""
     if device.type == "cuda":
-        return 32
+        return 128
     return 16 if config.vision_config.patch_size >= 32 else 4
 
 
@@ -209,11 +353,25 @@ def run_case(name, hub_config, overrides, args, device, stock_training: dict, tr
     stock, centerclip = build_models(config, device)
     stock.eval(), centerclip.eval()
     size = config.vision_config.image_size
-    g = torch.Generator().manual_seed(0)
-    pixels = torch.randn(args.batch, config.num_frames, 3, size, size, generator=g).to(device)
-
-    seconds = measure_inference(stock, centerclip, pixels, args.repeats, device)
-    cluster_s = measure_clustering(centerclip, pixels, args.repeats, device)
+    compare_backends = device.type == "cuda" and triton_available()
+    by_batch = []
+    for batch in sorted({*args.batch_grid, args.batch}):
+        g = torch.Generator().manual_seed(0)
+        pixels = torch.randn(batch, config.num_frames, 3, size, size, generator=g).to(device)
+        seconds = measure_inference(stock, centerclip, pixels, args.repeats, device, compare_backends)
+        hidden = clustered_hidden_states(centerclip, pixels, device)
+        point = {
+            "batch": batch,
+            "stock_videos_per_s": batch / seconds["stock"],
+            "centerclip_videos_per_s": batch / seconds["centerclip"],
+            "speedup": seconds["stock"] / seconds["centerclip"],
+            "clustering_share": measure_clustering(centerclip, hidden, args.repeats, device) / seconds["centerclip"],
+        }
+        if compare_backends:
+            point["speedup_torch_clustering"] = seconds["stock"] / seconds["centerclip_torch_clustering"]
+        by_batch.append(point)
+        if batch == args.batch:
+            headline, counts = point, clustering_counts(hidden, config, device)
     flops = count_flops(stock, centerclip, pixels)
     del stock, centerclip
     row = {
@@ -224,13 +382,12 @@ def run_case(name, hub_config, overrides, args, device, stock_training: dict, tr
         "num_centers": config.num_centers,
         "cluster_layer": config.cluster_layer,
         "tokens_kept": config.num_segments * (config.num_centers + 1) / (config.num_frames * (config.patches_per_frame + 1)),
-        "stock_videos_per_s": args.batch / seconds["stock"],
-        "centerclip_videos_per_s": args.batch / seconds["centerclip"],
-        "speedup": seconds["stock"] / seconds["centerclip"],
+        **{key: value for key, value in headline.items() if key != "batch"},
         "flops_stock": flops["stock"],
         "flops_centerclip": flops["centerclip"],
         "flops_ceiling": flops["stock"] / flops["centerclip"],
-        "clustering_share": cluster_s / seconds["centerclip"],
+        **counts,
+        "by_batch": by_batch,
     }  # fmt: skip
     if not args.skip_training and train_measured:
         batch = args.train_batch or default_train_batch(config, device)
@@ -241,6 +398,9 @@ def run_case(name, hub_config, overrides, args, device, stock_training: dict, tr
         if stock_key not in stock_training:
             stock_training[stock_key] = training_in_fresh_process(dict(case, model="stock"))
         stock, ours = stock_training[stock_key], training_in_fresh_process(dict(case, model="centerclip"))
+        if stock is None or ours is None:
+            row["train_error"] = f"out of GPU memory at {batch} videos (see --train_batch)"
+            return row
         row.update(
             train_batch=batch,
             stock_train_step_s=stock["train_step_s"],
@@ -264,12 +424,35 @@ def print_table(rows: list[dict]) -> None:
             f"{r['train_batch']:>6}, {r['stock_train_step_s']:>7.2f}/{r['centerclip_train_step_s']:<8.2f}"
             f"{r['stock_train_peak_mb']:>10.0f}/{r['centerclip_train_peak_mb']:<8.0f}{r['train_memory_ratio']:>9.2f}x"
             if "train_memory_ratio" in r
-            else ""
+            else r.get("train_error", "")
         )
         print(
             f"{r['case']:<22}{r['stock_videos_per_s']:>10.2f}{r['centerclip_videos_per_s']:>9.2f}"
             f"{r['speedup']:>8.2f}x{r['flops_ceiling']:>7.2f}x{100 * r['clustering_share']:>8.1f}% {train}"
         )
+    print_clustering_table(rows)
+
+
+def print_clustering_table(rows: list[dict]) -> None:
+    """Per clustering call: operations and kernels for each backend; speed-up and clustering share per batch."""
+    batches = [point["batch"] for point in rows[0]["by_batch"]]
+    header = (
+        f"{'case':<22}{'ops torch/fused':>16}{'kernels torch/fused':>20}"
+        + "".join(f"{f'b{b}: speed-up, cluster%':>24}" for b in batches)
+    )
+    print("\nclustering per call (fused = one Triton kernel; kernels counted on CUDA only)")
+    print(header)
+    print("-" * len(header))
+    show = lambda value: "-" if value is None else str(value)  # noqa: E731
+    for r in rows:
+        ops = f"{show(r['ops_per_call_torch'])}/{show(r['ops_per_call_triton'])}"
+        kernels = f"{show(r.get('launches_per_call_torch'))}/{show(r.get('launches_per_call_triton'))}"
+        grid = "".join(
+            f"{p['speedup']:>15.2f}x{100 * p['clustering_share']:>7.1f}%"
+            + (f" (torch path {p['speedup_torch_clustering']:.2f}x)" if "speedup_torch_clustering" in p else "")
+            for p in r["by_batch"]
+        )
+        print(f"{r['case']:<22}{ops:>16}{kernels:>20}{grid}")
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -306,8 +489,10 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds (for tests)")
     parser.add_argument("--cases", nargs="*", help="only the cases whose name contains one of these strings")
     parser.add_argument("--batch", type=int, help="videos per inference batch (default 2 on CPU, 32 on CUDA)")
+    parser.add_argument("--batch_grid", type=int, nargs="*", help="further inference batches reported per case "
+                        "(default: none on CPU, 1 and 8 on CUDA)")
     parser.add_argument("--train_batch", type=int, help="videos per training step (default: 16 for B/32 and 4 for "
-                        "B/16 on the CPU, 32 on CUDA)")
+                        "B/16 on the CPU, 128 on CUDA)")
     parser.add_argument("--train_steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip_training", action="store_true")
@@ -322,6 +507,7 @@ def main(argv=None) -> list[dict]:
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"
     args.batch = args.batch or (32 if on_cuda else 2)
+    args.batch_grid = args.batch_grid if args.batch_grid is not None else ([1, 8] if on_cuda else [])
     cases = QUICK_CASES if args.quick else FULL_CASES
     if args.cases:
         cases = [c for c in cases if any(part in c[0] for part in args.cases)]

@@ -16,7 +16,13 @@ Ties always go to the lowest index, and nothing is random, so results are identi
 and batch splits. No `[B, K, N, N]` tensor is ever built: the k-medoids update is one
 masked `[B, N, N]` row sum, and convergence is checked on the host only every few iterations
 on accelerators (running past convergence is a no-op, so the result does not depend on it).
+
+On CUDA the k-medoids iterations run by default as one fused Triton kernel (`clustering_triton.py`) that returns
+exactly the torch path's result; the torch path issues hundreds of small kernels per call.
 """
+
+import importlib.util
+import os
 
 import torch
 import torch.nn.functional as F
@@ -35,18 +41,26 @@ def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torc
     The diagonal is exactly 0. Euclidean distances come from the Gram matrix (one batched matmul), which is
     much faster than pairwise differences and accurate to fp32 rounding.
     """
-    if distance == "cosine":
-        unit = F.normalize(tokens, dim=-1, eps=1e-6)
-        dist = 1.0 - torch.bmm(unit, unit.transpose(1, 2))
-    elif distance == "euclidean":
-        tokens = tokens - tokens.mean(dim=1, keepdim=True)  # distances are shift-invariant; centring cuts rounding
-        sq_norm = tokens.pow(2).sum(-1)
-        sq_dist = torch.baddbmm(sq_norm[:, :, None] + sq_norm[:, None, :], tokens, tokens.transpose(1, 2), alpha=-2)
-        dist = sq_dist.clamp_min_(0).sqrt_()
-    else:
-        raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
+    dist = _unclamped_distance(tokens, distance)
+    if distance == "euclidean":
+        dist = dist.clamp_min_(0).sqrt_()
     dist.clamp_min_(0).diagonal(dim1=1, dim2=2).zero_()
     return dist
+
+
+def _unclamped_distance(tokens: torch.Tensor, distance: str) -> torch.Tensor:
+    """`pairwise_distance` before its elementwise finish: squared Euclidean distances, or `1 - cos`.
+
+    The fused backend finishes these entries itself as it reads them (saving four kernel launches per call).
+    """
+    if distance == "cosine":
+        unit = F.normalize(tokens, dim=-1, eps=1e-6)
+        return 1.0 - torch.bmm(unit, unit.transpose(1, 2))
+    if distance == "euclidean":
+        tokens = tokens - tokens.mean(dim=1, keepdim=True)  # distances are shift-invariant; centring cuts rounding
+        sq_norm = tokens.pow(2).sum(-1)
+        return torch.baddbmm(sq_norm[:, :, None] + sq_norm[:, None, :], tokens, tokens.transpose(1, 2), alpha=-2)
+    raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
 
 
 def _kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,6 +119,25 @@ def _check_inputs(tokens: torch.Tensor, num_clusters: int, mask: torch.Tensor | 
         raise ValueError(f"mask has shape {tuple(mask.shape)}; tokens [B, N, D] need [B, N] = {(batch, num_tokens)}")
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def _use_triton(backend: str, device: torch.device) -> bool:
+    """Resolve `backend`: "auto" is Triton on CUDA tensors when Triton is installed, torch otherwise."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r}: must be one of {BACKENDS}")
+    if backend == "auto":
+        return device.type == "cuda" and importlib.util.find_spec("triton") is not None
+    if backend == "triton":
+        if importlib.util.find_spec("triton") is None:
+            raise ImportError("backend='triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"backend='triton' needs CUDA tensors (got {device.type}), or TRITON_INTERPRET=1 set before start"
+            )
+    return backend == "triton"
+
+
 @torch.no_grad()
 def kmedoids(
     tokens: torch.Tensor,
@@ -114,6 +147,7 @@ def kmedoids(
     distance: str = "euclidean",
     max_iters: int = 100,
     check_every: int | None = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched k-medoids with deterministic KKZ initialisation (see DESIGN.md).
 
@@ -127,11 +161,14 @@ def kmedoids(
         max_iters: maximum assignment / update rounds.
         check_every: rounds between host-side convergence checks; default 1 on the CPU, 8 on accelerators.
             Iterating past convergence changes nothing, so this only trades syncs for spare rounds.
+        backend: `"torch"`, `"triton"` (one fused kernel for seeding and iterations; identical results) or
+            `"auto"`: Triton on CUDA tensors when it is installed, torch otherwise.
 
     Returns:
         `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending; masked tokens are assigned -1.
     """
     _check_inputs(tokens, num_clusters, mask)
+    fused = _use_triton(backend, tokens.device)
     if check_every is None:
         check_every = 1 if tokens.device.type == "cpu" else 8
     with torch.autocast(tokens.device.type, enabled=False):
@@ -139,6 +176,11 @@ def kmedoids(
         if mask is not None:
             mask = mask.bool() | ~mask.any(dim=1, keepdim=True)
             x = x.masked_fill(~mask[:, :, None], 0.0)  # padding content must not reach any real distance
+        if fused:
+            from .clustering_triton import kmedoids_fused
+
+            unclamped = _unclamped_distance(x, distance)
+            return kmedoids_fused(unclamped, distance == "euclidean", x.norm(dim=-1), mask, num_clusters, max_iters)
         dist = pairwise_distance(x, distance)
         if mask is not None:
             dist.masked_fill_(~mask[:, None, :], float("inf"))  # no token is near padding
@@ -163,6 +205,7 @@ def spectral_clustering(
     sigma: float = 2.0,
     knn: int | None = None,
     max_iters: int = 100,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spectral clustering: k-medoids on the row-normalised spectral embedding of a kNN affinity graph.
 
@@ -179,6 +222,7 @@ def spectral_clustering(
         sigma: affinity bandwidth.
         knn: neighbours per token; `None` keeps `min(N, 10)` (CenterCLIPModel passes DESIGN.md's default).
         max_iters: k-medoids rounds.
+        backend: the k-medoids backend (see `kmedoids`).
 
     Returns:
         `(assignment [B, N], medoids [B, K])`, int64, medoids sorted ascending; masked tokens are assigned -1.
@@ -207,7 +251,7 @@ def spectral_clustering(
             laplacian = torch.where(real_pair, laplacian, 3.0 * eye)
         _, eigenvectors = torch.linalg.eigh(laplacian)  # eigenvalues ascending
         embedding = F.normalize(eigenvectors[:, :, :num_clusters], dim=-1, eps=1e-6)
-        return kmedoids(embedding, num_clusters, mask=mask, distance="euclidean", max_iters=max_iters)
+        return kmedoids(embedding, num_clusters, mask=mask, distance="euclidean", max_iters=max_iters, backend=backend)
 
 
-__all__ = ["kmedoids", "pairwise_distance", "spectral_clustering"]
+__all__ = ["BACKENDS", "kmedoids", "pairwise_distance", "spectral_clustering"]

@@ -2,7 +2,15 @@
 
 import json
 import sys
+from functools import partial
 from pathlib import Path
+
+import pytest
+import torch
+
+from modeling_centerclip import clustering
+from modeling_centerclip import modeling_centerclip as modeling
+from modeling_centerclip.clustering import kmedoids
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import benchmark_speed  # noqa: E402
@@ -20,3 +28,30 @@ def test_speed_benchmark_quick_mode(tmp_path, capsys):
     assert row["flops_stock"] > row["flops_centerclip"] > 0 and 1 < row["flops_ceiling"] < 2
     assert (tmp_path / "speedup_vs_tokens.png").stat().st_size > 0
     assert "speed-up" in capsys.readouterr().out
+    # One clustering call: the torch path dispatches ~200 operations here, the fused path its distance matrix,
+    # a few allocations and one kernel launch.
+    assert row["ops_per_call_torch"] > 100 > 25 > row["ops_per_call_triton"] > 0
+    assert [point["batch"] for point in row["by_batch"]] == [2] and row["by_batch"][0]["speedup"] == row["speedup"]
+
+
+def test_operation_counters():
+    cpu = torch.device("cpu")
+    assert benchmark_speed.device_ops(lambda: torch.ones(3).add(1).sum(), cpu) == 3  # ones, add, sum
+    tokens = torch.randn(2, 12, 4)
+    launches = benchmark_speed.LaunchCounter()
+    launches[(2,)]("any", "arguments")
+    assert launches.launches == 1
+    torch_ops = benchmark_speed.ops_per_call(partial(kmedoids, tokens, 3), "torch")
+    fused_ops = benchmark_speed.ops_per_call(partial(kmedoids, tokens, 3), "triton")
+    assert torch_ops > 50 and fused_ops == 17  # 12 for input, distances and norms (views too), 4 allocations, 1 launch
+
+
+def test_forced_clustering_backend_reaches_the_models_calls(monkeypatch):
+    """The CUDA run times the tower with the torch path forced; here forcing Triton on CPU tensors must fail."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    tokens = torch.randn(2, 12, 4)
+    with benchmark_speed.clustering_backend("triton"):
+        for cluster in (modeling.kmedoids, modeling.spectral_clustering):
+            with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+                cluster(tokens, 3)
+    assert modeling.kmedoids is clustering.kmedoids and kmedoids(tokens, 3)[1].shape == (2, 3)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from clustering_cases import masked_case, random_cases
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from modeling_centerclip.clustering import kmedoids, pairwise_distance, spectral_clustering
@@ -48,21 +49,6 @@ def brute_force_kmedoids(tokens, dist, k: int, max_iters: int = 100):
             break
         medoids = new
     return assign(medoids), medoids
-
-
-def random_cases(seed: int):
-    g = torch.Generator().manual_seed(seed)
-    for case in range(24):
-        n = int(torch.randint(4, 40, (1,), generator=g))
-        dim = int(torch.randint(2, 12, (1,), generator=g))
-        k = int(torch.randint(1, n + 1, (1,), generator=g))
-        tokens = torch.randn(3, n, dim, generator=g)
-        if case % 3 == 1:  # duplicated (padded) frames: the second half repeats the first
-            half = n // 2
-            tokens[:, half : 2 * half] = tokens[:, :half]
-        if case % 6 == 2:
-            k = n
-        yield tokens, k
 
 
 @pytest.mark.parametrize("distance", ["euclidean", "cosine"])
@@ -219,16 +205,6 @@ def test_kmedoids_matches_brute_force_at_vit_b32_segment_size():
 
 
 # --- masked tokens (padded frames) -----------------------------------------------------------------------
-
-
-def masked_case(seed=0, batch=4, n=30, dim=8):
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randn(batch, n, dim, generator=g)
-    mask = torch.ones(batch, n, dtype=torch.bool)
-    mask[0, 20:] = False  # a trailing padded frame
-    mask[1, ::3] = False  # scattered padding
-    mask[2, :] = False  # no real token: clustered as if unmasked
-    return tokens, mask
 
 
 @pytest.mark.parametrize("cluster", ["kmedoids", "spectral"])
