@@ -1,9 +1,13 @@
-"""Throughput of the input side: decoding + preprocessing clips/s with 0, 1 and 2 DataLoader workers.
+"""Throughput of the input side: decoding + preprocessing clips/s with 0, 1 and 2 DataLoader workers, from the
+videos and from a frame store of the same clips (`training.prepare_frames`).
 
 Generates H.264 test videos (default 32 clips of 10 s, 320x240 at 30 fps, textured and moving so they do not
 compress to nothing), then runs `training.data.VideoTextDataset` + `collate_video_text` through a torch
 `DataLoader` exactly as training does (random frame per chunk, 12 frames, 224 px, CLIP normalisation).
-Steady-state clips/s counts from the first batch on (worker start-up is reported separately).
+Steady-state clips/s counts from the first batch on (worker start-up is reported separately). The frame store
+is built from the same videos (3 fps, 224 px, default JPEG quality) and read the same way; its disk size per
+video gives the estimate for MSR-VTT (10k videos of 15 s on average), and its pixels are compared with the
+videos' (chunk centers, 0..255 levels).
 
     python benchmarks/benchmark_data.py                 # full run, prints a table, writes JSON
     python benchmarks/benchmark_data.py --quick         # seconds-long smoke run (used by the tests)
@@ -15,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -28,6 +33,8 @@ from modeling_centerclip import CenterCLIPProcessor
 from modeling_centerclip.processing_centerclip import read_video_frames
 from training.data import VideoTextDataset, collate_video_text
 from training.demo_corpus import write_mp4
+from training.frame_store import load_frame_store
+from training.prepare_frames import prepare_frames
 from training.tokenizer import train_clip_tokenizer
 
 
@@ -78,6 +85,42 @@ def measure_stages(paths: list[str], processor: CenterCLIPProcessor) -> dict:
     return {"decode_ms_per_clip": 1000 * decode_s / count, "preprocess_ms_per_clip": 1000 * preprocess_s / count}
 
 
+def measure_frame_store(args, workdir: str, paths: list[str], captions: list[str], tokenizer) -> dict:
+    """Build the store of the clips (timed), then clips/s reading it, disk size and pixel error against the videos."""
+    with open(os.path.join(workdir, "metadata.jsonl"), "w", encoding="utf-8") as handle:
+        for path, caption in zip(paths, captions):
+            handle.write(json.dumps({"file_name": os.path.basename(path), "caption": caption}) + "\n")
+    store_dir = os.path.join(workdir, "frame_store")
+    shutil.rmtree(store_dir, ignore_errors=True)
+    start = time.perf_counter()
+    summary = prepare_frames(workdir, store_dir, fps=args.store_fps, size=args.image_size,
+                             num_proc=args.store_num_proc, show_progress=False)
+    build_s = time.perf_counter() - start
+    processor = CenterCLIPProcessor(tokenizer=tokenizer, num_frames=args.num_frames, image_size=args.image_size,
+                                    fps=args.store_fps)
+    store_split = load_frame_store(store_dir)["train"]
+    errors = []
+    for row in store_split.select(range(min(8, len(store_split)))):
+        from_store, _ = processor.load_video(row["frames"])
+        from_video, _ = processor.load_video(row["video"])
+        errors.append((from_store - from_video).abs() * torch.tensor(processor.image_std).view(1, 3, 1, 1) * 255)
+    error = torch.stack(errors)
+    dataset = VideoTextDataset(store_split, processor, training=True)
+    runs = []
+    for workers in args.workers:
+        row = {"source": "frame store", "decode_fps": args.store_fps, **measure_loader(dataset, args.batch_size,
+                                                                                       workers, args.epochs)}
+        runs.append(row)
+        print(f"frame store  workers={workers}  {row['clips_per_s']:7.1f} clips/s  "
+              f"(first batch {row['first_batch_s']:.2f} s)", flush=True)
+    per_video = summary["bytes"] / len(store_split)
+    return {"runs": runs, "build_s": build_s, "build_videos_per_s": len(paths) / build_s,
+            "build_num_proc": args.store_num_proc, "bytes_per_video": per_video,
+            "bytes_per_video_second": per_video / args.seconds,
+            "msrvtt_estimate_gb": per_video / args.seconds * 15 * 10_000 / 1e9,
+            "pixel_mean_abs_error": float(error.mean()), "pixel_max_abs_error": float(error.max())}
+
+
 def run(args) -> dict:
     workdir = args.video_dir or tempfile.mkdtemp(prefix="centerclip_bench_")
     os.makedirs(workdir, exist_ok=True)
@@ -102,9 +145,11 @@ def run(args) -> dict:
         for workers in args.workers:
             loader_stats = measure_loader(dataset, args.batch_size, workers, args.epochs)
             row = {"decode_fps": fps if fps > 0 else None, **loader_stats, **stages}
-            results["runs"].append(row)
+            results["runs"].append({"source": "video", **row})
             print(f"fps={row['decode_fps'] or 'native':>6}  workers={workers}  {row['clips_per_s']:7.1f} clips/s  "
                   f"(first batch {row['first_batch_s']:.2f} s)", flush=True)
+    if args.store_fps:
+        results["frame_store"] = measure_frame_store(args, workdir, paths, captions, tokenizer)
     return results
 
 
@@ -113,12 +158,25 @@ def print_table(results: dict) -> None:
     print(f"\n{s['num_videos']} videos of {s['seconds']} s, {s['width']}x{s['height']} @ {s['fps']} fps -> "
           f"{s['num_frames']} frames at {s['image_size']} px, batch {s['batch_size']}, "
           f"{results['machine']['cpus']} CPUs")
-    print("| decode at | workers | clips/s | decode ms/clip | preprocess ms/clip |")
-    print("|---|---|---|---|---|")
-    for row in results["runs"]:
-        fps = f"{row['decode_fps']} fps" if row["decode_fps"] else "native fps"
-        print(f"| {fps} | {row['num_workers']} | {row['clips_per_s']:.1f} | {row['decode_ms_per_clip']:.0f} | "
-              f"{row['preprocess_ms_per_clip']:.0f} |")
+    print("| source | frames from | workers | clips/s | decode ms/clip | preprocess ms/clip |")
+    print("|---|---|---|---|---|---|")
+    store = results.get("frame_store")
+    for row in results["runs"] + (store["runs"] if store else []):
+        fps = f"{row['decode_fps']:g} fps" if row["decode_fps"] else "native fps"
+        timed = "decode_ms_per_clip" in row  # stage timings exist for video runs only
+        stages = f"{row['decode_ms_per_clip']:.0f} | {row['preprocess_ms_per_clip']:.0f}" if timed else "- | -"
+        print(f"| {row['source']} | {fps} | {row['num_workers']} | {row['clips_per_s']:.1f} | {stages} |")
+    if store:
+        video = {r["num_workers"]: r["clips_per_s"] for r in results["runs"] if r["decode_fps"] == s["store_fps"]}
+        speedups = ", ".join(f"{r['clips_per_s'] / video[r['num_workers']]:.1f}x with {r['num_workers']} workers"
+                             for r in store["runs"] if r["num_workers"] in video)
+        print(f"\nframe store vs decoding at {s['store_fps']:g} fps: {speedups or 'no matching video run'}")
+        print(f"frame store: {store['bytes_per_video'] / 2**10:.0f} KiB per {s['seconds']:g} s video "
+              f"({store['bytes_per_video_second'] / 2**10:.0f} KiB per second of video) -> MSR-VTT (10k videos, "
+              f"15 s on average) about {store['msrvtt_estimate_gb']:.1f} GB; built at "
+              f"{store['build_videos_per_s']:.1f} videos/s with {store['build_num_proc']} processes; pixels vs the "
+              f"video: mean abs error {store['pixel_mean_abs_error']:.2f}, max {store['pixel_max_abs_error']:.0f} "
+              f"(0..255)")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -135,13 +193,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--decode_fps", type=float, nargs="+", default=[0, 3], help="0 = every frame (native)")
+    parser.add_argument("--store_fps", type=float, default=3.0, help="frame store fps (0: no frame store)")
+    parser.add_argument("--store_num_proc", type=int, default=os.cpu_count(), help="processes building the store")
+    parser.add_argument("--torch_threads", type=int, default=1,
+                        help="torch threads of the main process; 1, as in DataLoader workers, so that 0 workers "
+                             "measures one core's work (2 threads on 2 shared cores slowed preprocessing ~10x)")
     parser.add_argument("--video_dir", help="reuse / keep the generated videos here")
     parser.add_argument("--output", default="outputs/benchmark_data.json")
     args = parser.parse_args(argv)
     if args.quick:
         args.num_videos, args.seconds, args.width, args.height = 4, 1.0, 160, 120
         args.batch_size, args.epochs, args.decode_fps = 2, 1, [0]
-    results = run(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.torch_threads or threads)
+    try:
+        results = run(args)
+    finally:
+        torch.set_num_threads(threads)  # main() also runs inside other processes (the tests)
     print_table(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w", encoding="utf-8") as handle:

@@ -10,6 +10,8 @@ Videos are decoded with decord, imported only when a file is decoded, so this mo
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import os
 import re
@@ -113,6 +115,40 @@ def sample_frame_indices(
     return candidates[positions], mask
 
 
+def open_video(path: str | os.PathLike, num_threads: int = 1):
+    """Check a video file and open it with decord: a `decord.VideoReader` with at least one frame.
+
+    Raises `VideoDecodeError` (a `ValueError`) naming the file when it is missing, empty or undecodable.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise VideoDecodeError(path, "no such file")
+    if not os.path.isfile(path):
+        raise VideoDecodeError(path, "not a regular file")
+    if not os.access(path, os.R_OK):
+        raise VideoDecodeError(path, "the file is not readable (permission denied)")
+    if os.path.getsize(path) == 0:
+        raise VideoDecodeError(path, "the file is empty (0 bytes)")
+    import decord  # lazily: the model files must import without decord
+
+    with decord_errors(path):
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
+        if len(reader) < 1:
+            raise VideoDecodeError(path, "the video has no frames")
+    return reader
+
+
+@contextlib.contextmanager
+def decord_errors(path: str):
+    """Turn decord's errors inside the block into a `VideoDecodeError` naming `path`."""
+    try:
+        yield
+    except VideoDecodeError:
+        raise
+    except Exception as error:  # decord raises RuntimeError / DECORDError with ffmpeg's message
+        raise VideoDecodeError(path, _decord_failure_reason(path, error)) from error
+
+
 def read_video_frames(
     path: str | os.PathLike,
     num_frames: int,
@@ -128,38 +164,43 @@ def read_video_frames(
     Raises `VideoDecodeError` (a `ValueError`) naming the file when it is missing, empty or undecodable.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise VideoDecodeError(path, "no such file")
-    if not os.path.isfile(path):
-        raise VideoDecodeError(path, "not a regular file")
-    if not os.access(path, os.R_OK):
-        raise VideoDecodeError(path, "the file is not readable (permission denied)")
-    if os.path.getsize(path) == 0:
-        raise VideoDecodeError(path, "the file is empty (0 bytes)")
-    import decord  # lazily: the model files must import without decord
-
-    try:
-        reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
-        num_video_frames = len(reader)
-        if num_video_frames < 1:
-            raise VideoDecodeError(path, "the video has no frames")
+    reader = open_video(path, num_threads)
+    with decord_errors(path):
         indices, mask = sample_frame_indices(
-            num_video_frames,
+            len(reader),
             num_frames,
             native_fps=reader.get_avg_fps(),
             target_fps=target_fps,
-            timestamps=reader.get_frame_timestamp(np.arange(num_video_frames)) if target_fps else None,
+            timestamps=reader.get_frame_timestamp(np.arange(len(reader))) if target_fps else None,
             training=training,
             generator=generator,
         )
         frames = reader.get_batch(indices.tolist()).asnumpy()
-    except VideoDecodeError:
-        raise
-    except Exception as error:  # decord raises RuntimeError / DECORDError with ffmpeg's message
-        raise VideoDecodeError(path, _decord_failure_reason(path, error)) from error
     if frames.ndim != 4 or frames.shape[0] != num_frames or frames.shape[-1] != 3:
         raise VideoDecodeError(path, f"decoded frames have unexpected shape {tuple(frames.shape)}")
     return frames, mask
+
+
+def decode_images(images: Sequence, name: str = "video") -> np.ndarray:
+    """Encoded frames -> uint8 `[N, H, W, 3]` RGB. Each is the bytes of an image file (JPEG, PNG, ...), a
+    `{"bytes": ..., "path": ...}` dict (as `datasets.Image(decode=False)` gives) or a PIL image."""
+    from PIL import Image  # lazily, like decord
+
+    arrays = []
+    for position, image in enumerate(images):
+        try:
+            if isinstance(image, dict):
+                image = image.get("bytes") or image.get("path")
+            if isinstance(image, (bytes, bytearray)):
+                image = Image.open(io.BytesIO(image))
+            elif isinstance(image, (str, os.PathLike)):
+                image = Image.open(image)
+            arrays.append(np.asarray(image.convert("RGB")))
+        except Exception as error:
+            raise VideoDecodeError(f"{name} frame {position}", f"not a decodable image ({error})") from error
+    if len({array.shape for array in arrays}) > 1:
+        raise VideoDecodeError(name, f"frames differ in size: {sorted({a.shape for a in arrays})}")
+    return np.stack(arrays)
 
 
 def _decord_failure_reason(path: str, error: Exception) -> str:
@@ -314,8 +355,9 @@ class CenterCLIPProcessor(ProcessorMixin):
 
         Args:
             text: a caption or a list of captions.
-            videos: a video or a list of videos; each a file path (decoded with decord) or a uint8 frame array
-                `[frames, H, W, 3]` (numpy or torch, RGB; its frames are sampled like a file's, without fps).
+            videos: a video or a list of videos; each a file path (decoded with decord), a uint8 frame array
+                `[frames, H, W, 3]` (numpy or torch, RGB) or a list of encoded frames (see `decode_images`; only
+                the sampled ones are decoded); arrays and lists are sampled like a file's frames, without fps.
             return_tensors: `"pt"` (default) or `"np"`.
             training: random frame per chunk instead of the chunk center.
             generator: a `torch.Generator` for the training-time frame choice.
@@ -368,7 +410,8 @@ class CenterCLIPProcessor(ProcessorMixin):
     def load_video(
         self, video, *, training: bool = False, generator: torch.Generator | None = None, name: str = "video"
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One video (path or uint8 array) -> `pixel_values` `[T, 3, S, S]` float32, `video_mask` `[T]` bool."""
+        """One video (path, uint8 array or encoded frames) -> `pixel_values` `[T, 3, S, S]` float32, `video_mask`
+        `[T]` bool."""
         if isinstance(video, (str, os.PathLike)):
             frames, mask = read_video_frames(
                 video,
@@ -392,8 +435,16 @@ class CenterCLIPProcessor(ProcessorMixin):
                 array.shape[0], self.num_frames, training=training, generator=generator
             )
             frames = array[torch.from_numpy(indices)]
+        elif isinstance(video, (list, tuple)):  # encoded frames, e.g. a frame store row: decode the chosen ones
+            if not video:
+                raise VideoDecodeError(name, "the frame list is empty")
+            indices, mask = sample_frame_indices(len(video), self.num_frames, training=training, generator=generator)
+            chosen, positions = np.unique(indices, return_inverse=True)  # padding repeats a frame: decode it once
+            frames = torch.from_numpy(decode_images([video[i] for i in chosen], name)[positions])
         else:
-            raise VideoDecodeError(name, f"expected a file path or a frame array, got {type(video).__name__}")
+            raise VideoDecodeError(
+                name, f"expected a file path, a frame array or a list of encoded frames, got {type(video).__name__}"
+            )
         return self.preprocess_frames(frames), torch.from_numpy(mask)
 
     def preprocess_frames(self, frames: torch.Tensor) -> torch.Tensor:
@@ -406,4 +457,4 @@ class CenterCLIPProcessor(ProcessorMixin):
         return pixels.mul_(1.0 / std).add_(-mean / std)
 
 
-__all__ = ["CenterCLIPProcessor", "VideoDecodeError", "sample_frame_indices", "read_video_frames"]
+__all__ = ["CenterCLIPProcessor", "VideoDecodeError", "sample_frame_indices", "read_video_frames", "decode_images"]

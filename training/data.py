@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from modeling_centerclip.processing_centerclip import CenterCLIPProcessor, VideoDecodeError
+from training.frame_store import video_input
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ class VideoTextDataset(Dataset):
     """Decodes one (video, caption) item of a corpus split at a time.
 
     Args:
-        split: a `datasets.Dataset` with `video_id`, `video` (path) and `caption` (string or list of strings).
+        split: a `datasets.Dataset` with `video_id`, `video` (path) and `caption` (string or list of strings);
+            a frame store split (`training.frame_store`) is read from its `frames` instead of the videos.
         processor: a `CenterCLIPProcessor` (frames, image size, text length come from it).
         training: random frame per chunk and a random caption from a list; otherwise chunk centers and the
             first caption.
@@ -75,7 +77,7 @@ class VideoTextDataset(Dataset):
         row = self.split[int(index)]
         caption = self.pick_caption(row["caption"])
         try:
-            encoded = self.processor(text=[caption], videos=[row["video"]], training=self.training)
+            encoded = self.processor(text=[caption], videos=[video_input(row)], training=self.training)
         except VideoDecodeError as error:
             self.num_skipped += 1
             logger.warning("skipping video %s: %s", row["video"], error.reason)

@@ -224,7 +224,9 @@ def random_spec(rng: np.random.Generator) -> ClipSpec:
 def write_mp4(path: str, frames: np.ndarray, fps: int, options: dict[str, str] | None = None) -> None:
     """Write uint8 `[T, H, W, 3]` RGB frames as H.264 yuv420p.
 
-    `options` are libx264's; the default is near-lossless and single-threaded, hence reproducible.
+    `options` are libx264's. The default is lossless (`qp=0`): the decoded frames are then exactly the YUV input
+    whatever the encoder decides, and its decisions are not reproducible: with crf 12, identical frames gave
+    different H.264 (pixels off by up to 6 levels) in some runs on a loaded machine, even single-threaded.
     """
     import av
 
@@ -232,7 +234,7 @@ def write_mp4(path: str, frames: np.ndarray, fps: int, options: dict[str, str] |
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = options or {"crf": "12", "preset": "veryfast", "threads": "1"}
+        stream.options = options or {"qp": "0", "preset": "veryfast", "threads": "1"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

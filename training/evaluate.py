@@ -313,6 +313,8 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     "num_videos", "num_captions", "left_out", "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in
     percent); `videos_per_second` counts the model's video tower only, `eval_time_s` everything including decoding.
     """
+    from training.frame_store import videos_to_encode
+
     start = time.perf_counter()
     video_ids, paths, captions, text_to_video = group_captions(split, max_videos)
     if not paths:
@@ -323,8 +325,9 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     was_training = model.training
     model.eval()
     try:
-        video_embeds, decoded, video_time = encode_videos(model, processor, paths[first:last], batch_size, num_workers,
-                                                          show_progress)  # fmt: skip
+        videos = videos_to_encode(split, video_ids, paths)  # a frame store's frames, else the files
+        video_embeds, decoded, video_time = encode_videos(model, processor, videos[first:last], batch_size,
+                                                          num_workers, show_progress)  # fmt: skip
         text_embeds = encode_texts(model, processor, captions)
     finally:
         model.train(was_training)
@@ -385,7 +388,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a save_pretrained folder (model + processor) or Hub id")
     source.add_argument("--from_embeddings", metavar="DIR", help="rank embeddings saved with --save_embeddings")
-    parser.add_argument("--corpus", help="a videofolder path, or msrvtt / msvd / lsmdc / activitynet")
+    parser.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet")
     parser.add_argument("--video_dir")
     parser.add_argument("--splits_dir")
     parser.add_argument("--captions_file")
