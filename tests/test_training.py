@@ -80,20 +80,28 @@ def test_loss_decreases_within_a_few_steps(tmp_path, corpus):
     assert sum(curve[-5:]) / 5 < 0.75 * chance, curve
 
 
-def test_non_finite_loss_names_the_step_and_videos(tmp_path, corpus, tiny_tokenizer):
+@pytest.mark.parametrize(
+    "corrupt, message, named",
+    [
+        ("visual_projection", r"step 1 on the batch of videos \['train_000\d\d'", 8),  # the whole batch is named
+        # NaN tokens reach the clustering: the same error, naming the videos whose tokens broke
+        ("vision_model.encoder.layers.0.mlp.fc1", r"vision layer \d+ at optimizer step 1 in the videos \['train_000\d\d'", 8),
+    ],
+)
+def test_non_finite_loss_names_the_step_and_videos(tmp_path, corpus, tiny_tokenizer, corrupt, message, named):
     from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 
     config = CenterCLIPConfig(**{**TINY_MODEL, "text_config": {**TINY_MODEL["text_config"], "vocab_size": len(tiny_tokenizer),
                                  "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}})  # fmt: skip
     model = CenterCLIPModel(config)
     with torch.no_grad():
-        model.visual_projection.weight[0, 0] = float("nan")  # a corrupted checkpoint
+        model.get_submodule(corrupt).weight[0, 0] = float("nan")  # a corrupted checkpoint
     model.save_pretrained(tmp_path / "broken")
     CenterCLIPProcessor(tiny_tokenizer, num_frames=4, image_size=32, max_length=16).save_pretrained(tmp_path / "broken")
     run_config = write_config(tmp_path, corpus, model_config=None, model_name_or_path=str(tmp_path / "broken"))
-    with pytest.raises(NonFiniteLossError, match=r"step 1 on the batch of videos \['train_000\d\d'") as error:
+    with pytest.raises(NonFiniteLossError, match=message) as error:
         main(["--config", run_config, "--output_dir", str(tmp_path / "run")])
-    assert len(eval(str(error.value).split("videos ")[1].split("]")[0] + "]")) == 8  # the whole batch is named
+    assert len(eval(str(error.value).split("videos ")[1].split("]")[0] + "]")) == named
     assert not (tmp_path / "run" / "final").exists()
 
 

@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from transformers import CLIPModel, CLIPTokenizer, get_scheduler
 
-from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
+from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor, NonFiniteTokensError
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS
 from modeling_centerclip.processing_centerclip import PAPER_FPS
 from training.checkpoints import checkpoint_step, find_checkpoint, read_history, save_checkpoint
@@ -387,7 +387,15 @@ def train(args, step_callback: Callable[[int], None] | None = None) -> dict:
             else:
                 decoded_batches += 1
             with accelerator.accumulate(model):
-                loss = batch_loss(model, batch, pad_to=per_device)
+                try:
+                    loss = batch_loss(model, batch, pad_to=per_device)
+                except NonFiniteTokensError as error:  # NaN/inf tokens reached the clustering: name step and videos
+                    videos = [batch["video_id"][i] for i in error.videos if i < len(batch["video_id"])]
+                    raise NonFiniteLossError(
+                        f"non-finite tokens at vision layer {error.layer} at optimizer step {step + 1} in the videos "
+                        f"{videos}; lower the learning rate or check these videos (resume from the last checkpoint "
+                        "with --resume latest)"
+                    ) from error
                 watch.update(loss, step + 1, batch["video_id"])
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm > 0:
