@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding videos")
     index.add_argument("--chunk_size", type=int, default=256, help="videos per parquet part (the unit of resuming)")
     index.add_argument("--rebuild", action="store_true", help="re-encode everything (e.g. with another model)")
+    index.add_argument("--split", help="index only this split of a corpus or videofolder (default: all)")
     for key in CORPUS_KEYS:
         index.add_argument(f"--{key}", help="corpus option (as in training)")
     _add_model_overrides(index)
@@ -86,7 +87,8 @@ def _open_index(args):
 def run_index(args) -> dict:
     from .indexer import index_library
 
-    corpus_options = {key: getattr(args, key) for key in CORPUS_KEYS if getattr(args, key) is not None}
+    keys = (*CORPUS_KEYS, "split")
+    corpus_options = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     manifest = index_library(args.source, args.model, args.output, kind=args.index, overrides=_overrides(args),
                              corpus_options=corpus_options, batch_size=args.batch_size, num_workers=args.num_workers,
                              chunk_size=args.chunk_size, rebuild=args.rebuild)  # fmt: skip

@@ -54,9 +54,11 @@ def _is_videofolder(folder: str) -> bool:
                for sub in os.listdir(folder) if os.path.isdir(os.path.join(folder, sub)) for name in METADATA_NAMES)  # fmt: skip
 
 
-def _from_corpus(corpus) -> list[LibraryVideo]:
+def _from_corpus(corpus, split_name: str | None) -> list[LibraryVideo]:
+    if split_name is not None and split_name not in corpus:
+        raise ValueError(f"split {split_name!r} not in the corpus; it has {', '.join(corpus)}")
     videos: dict[str, LibraryVideo] = {}
-    for split_name, split in corpus.items():
+    for split_name, split in corpus.items() if split_name is None else [(split_name, corpus[split_name])]:
         for row in split:
             path = os.path.abspath(row["video"])
             if path in videos or not os.path.isfile(path):
@@ -83,15 +85,16 @@ def _from_folder(folder: str) -> list[LibraryVideo]:
     return videos
 
 
-def list_library(source: str, **corpus_options) -> tuple[list[LibraryVideo], str]:
-    """The videos of `source`, sorted by path, and the library root (a folder, or the corpus' `video_dir`)."""
+def list_library(source: str, split: str | None = None, **corpus_options) -> tuple[list[LibraryVideo], str]:
+    """The videos of `source` (of one `split` of a corpus or videofolder, else all), sorted by path, and the
+    library root (a folder, or the corpus' `video_dir`)."""
     source = os.fspath(source)
     if source in CORPORA:
-        videos = _from_corpus(load_corpus(source, **corpus_options))
+        videos = _from_corpus(load_corpus(source, **corpus_options), split)
         root = corpus_options.get("video_dir") or corpus_options.get("folder") or source
     elif os.path.isdir(source):
         root = source
-        videos = _from_corpus(load_corpus(source)) if _is_videofolder(source) else _from_folder(source)
+        videos = _from_corpus(load_corpus(source), split) if _is_videofolder(source) else _from_folder(source)
     else:
         raise FileNotFoundError(f"source {source!r} is neither a folder nor a corpus name ({', '.join(CORPORA)})")
     if not videos:

@@ -164,6 +164,8 @@ def test_python_api_search_by_text_and_by_example(built, library, tmp_path):
     assert len(index) == NUM_CLIPS
     by_text = index.search(text=QUERY, k=3)
     assert [r.rank for r in by_text] == [1, 2, 3] and by_text[0].score >= by_text[1].score >= by_text[2].score
+    names = [name for name, _ in index._text_encoder.model.named_parameters()]  # a text query loads the text tower only
+    assert names and not any("vision" in name or "visual" in name for name in names)
 
     example = library / "süb dir" / "vidéo 7.mp4"
     indexed = index.search(video=str(example), k=3)
