@@ -16,19 +16,20 @@ from .ann import KINDS
 _USER_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
 
 
+# Cluster settings a query or index run may override (a stock CLIP checkpoint becomes CenterCLIP with them).
+OVERRIDES = {"num_frames": dict(type=int), "cluster_algo": dict(choices=CLUSTER_ALGOS), "cluster_layer": dict(type=int),
+             "num_segments": dict(type=int), "num_centers": dict(type=int),
+             "cluster_distance": dict(choices=CLUSTER_DISTANCES)}  # fmt: skip
+
+
 def _add_model_overrides(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("cluster overrides (turn a stock CLIP checkpoint into CenterCLIP)")
-    group.add_argument("--num_frames", type=int)
-    group.add_argument("--cluster_algo", choices=CLUSTER_ALGOS)
-    group.add_argument("--cluster_layer", type=int)
-    group.add_argument("--num_segments", type=int)
-    group.add_argument("--num_centers", type=int)
-    group.add_argument("--cluster_distance", choices=CLUSTER_DISTANCES)
+    for key, options in OVERRIDES.items():
+        group.add_argument(f"--{key}", **options)
 
 
 def _overrides(args) -> dict | None:
-    keys = ("num_frames", "cluster_algo", "cluster_layer", "num_segments", "num_centers", "cluster_distance")
-    overrides = {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
+    overrides = {key: getattr(args, key) for key in OVERRIDES if getattr(args, key, None) is not None}
     return overrides or None
 
 
