@@ -183,14 +183,18 @@ def test_python_api_search_by_text_and_by_example(built, library, tmp_path):
         index.search(text=QUERY, video=str(example))
 
 
-def test_video_search_cli_and_console_script(built, library):
+def test_video_search_cli_and_console_script(built, library, capsys):
+    from importlib.metadata import entry_points
+
     example = library / "clip 2.mp4"
-    completed = subprocess.run(["centerclip" if shutil.which("centerclip") else str(Path(sys.executable).parent / "centerclip"),
-                                "search", str(built), "--video", str(example), "-k", "3", "--json"],
-                               capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert completed.returncode == 0, completed.stderr
-    results = json.loads(completed.stdout)
+    results = json.loads(run_cli(capsys, "search", built, "--video", example, "-k", 3, "--json"))
     assert results[0]["path"] == str(example) and len(results) == 3
+    # `centerclip` is installed as a console script running the same entry point (`python -m search` in the
+    # SIGKILL test below runs it in a subprocess)
+    assert entry_points(group="console_scripts")["centerclip"].value == "search.cli:main"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(capsys, "search", built, "-k", 3)  # neither a text nor --video
+    assert exit_info.value.code == 2 and "text query or --video" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- updates, resume, the lock
