@@ -103,11 +103,10 @@ def build_blocks(index):
 
 def create_app(index):
     """A FastAPI app: the Gradio page at `/`, plus `/video/{row}` and `/poster/{row}` for indexed files only."""
+    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="centerclip-gradio-"))  # its cache, not /tmp/gradio
     import gradio as gr
     from fastapi import FastAPI, HTTPException
     from fastapi.responses import FileResponse, Response
-
-    os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="centerclip-gradio-"))
     app = FastAPI()
 
     def indexed_file(row: int) -> str:

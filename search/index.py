@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .ann import apply_settings
-from .models import ModelSpec
+from .models import ModelSpec, video_embeddings
 from .storage import read_manifest, read_rows
 
 
@@ -103,8 +103,6 @@ class VideoIndex:
         row = self.row_of(video)
         if row is not None:
             return self.embedding(row)[None]
-        from .models import video_embeddings
-
         if self._video_model is None:
             self._video_model = self.spec.load_video_model()
         pixel_values, video_mask = self.spec.processor.load_video(video, name=os.fspath(video))
