@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from pathlib import Path
 
 import faiss
@@ -68,6 +69,11 @@ def _collate(items: list) -> dict:
     }
 
 
+def run_id() -> str:
+    """Names this run's files: sortable by time, unique even for two runs of one process in the same second."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
+
+
 def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool) -> dict:
     """What the run must encode: the library listing minus what finished parts of this model already cover."""
     if (output / "manifest.json").is_file() and not rebuild:
@@ -86,7 +92,7 @@ def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebu
             covered.update(tuple(state) for state in summary["states"])
             covered.update((s["path"], s["size"], s["mtime_ns"]) for s in summary["skipped"])
     todo = [video for video in videos if video.state not in covered]
-    return {"videos": videos, "todo": todo, "root": root, "run_id": time.strftime("%Y%m%d-%H%M%S") + f"-{os.getpid()}"}
+    return {"videos": videos, "todo": todo, "root": root, "run_id": run_id()}
 
 
 def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run_id: str, rank: int,

@@ -214,6 +214,9 @@ def test_incremental_reindex_encodes_only_new_and_changed_files_and_drops_delete
     first = index_folder(folder, model_dir, tmp_path / "idx")
     assert first["counts"] == {**first["counts"], "videos": NUM_CLIPS, "skipped": 1, "encoded_this_run": NUM_CLIPS}
 
+    from search.indexer import run_id
+
+    assert run_id() != run_id()  # runs within one second (as here) never overwrite each other's parts
     again = index_folder(folder, model_dir, tmp_path / "idx")
     assert again["counts"]["encoded_this_run"] == 0 and again["counts"]["videos"] == NUM_CLIPS
 
