@@ -6,7 +6,14 @@ TORCH_CPU ?= torch==2.13.0
 
 .PHONY: setup test demo bench clean
 
-setup: $(VENV)/.installed
+# The search page's browser test drives Debian's Chromium through Playwright (no browser download).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+setup: $(VENV)/.installed $(CHROMIUM)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y chromium
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)

@@ -203,8 +203,9 @@ def test_training_and_evaluation_read_the_store(store, corpus_folder, tmp_path, 
     split = load_corpus(str(store))["test"]
     video_ids, _, _, _ = group_captions(split)
     paths = [str(corpus_folder / f"{video_id}.mp4") for video_id in video_ids]
-    from_store, _ = encode_videos(model, processor, videos_to_encode(split, video_ids, paths), show_progress=False)
-    from_videos, _ = encode_videos(model, processor, paths, show_progress=False)
+    from_store, decoded, _ = encode_videos(model, processor, videos_to_encode(split, video_ids, paths), show_progress=False)
+    from_videos, _, _ = encode_videos(model, processor, paths, show_progress=False)
+    assert decoded.all()
     assert (from_store * from_videos).sum(-1).min() > 0.99  # cosine similarity of unit vectors
 
 

@@ -172,6 +172,19 @@ def plot_losses(models: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def index_and_search(output_dir: Path, corpus: Path, query: str) -> list:
+    """Index the test clips with the trained CenterCLIP (`outputs/demo/index`) and print one query's top 3."""
+    from search import VideoIndex
+
+    index = VideoIndex.build(str(corpus), str(output_dir / "centerclip" / "final"), output_dir / "index",
+                             corpus_options={"split": "test"}, rebuild=True, show_progress=False)  # fmt: skip
+    results = index.search(text=query, k=3)
+    print(f"\nVideo search over the {len(index)} test clips (browse: centerclip serve {output_dir / 'index'}): {query!r}")
+    for result in results:
+        print(f"  {result.rank}. {result.score:.3f}  {result.video_id}: {result.caption}")
+    return results
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output_dir", default="outputs/demo")
@@ -237,6 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(table)
     print(f"\nreport: {output_dir / 'report.json'}; loss curves: {output_dir / 'loss_curves.png'}; "
           f"total {report['wall_time_s'] / 60:.1f} min")  # fmt: skip
+    if "centerclip" in models:
+        index_and_search(output_dir, corpus, test_split[0]["caption"])
     return report
 
 

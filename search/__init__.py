@@ -1,0 +1,21 @@
+"""Video search with CenterCLIP: index a video library once, search it by text or by example.
+
+    centerclip index SOURCE --model MODEL --output INDEX_DIR      # encode (incremental, resumable, multi-process)
+    centerclip search INDEX_DIR "a dog catches a frisbee" -k 10    # or --video clip.mp4; --json for scripts
+    centerclip serve INDEX_DIR --port 7860                         # a local web page
+
+Modules: `library` (what to index), `models` (fingerprint, text/video towers), `storage` (parts, manifest,
+lock), `ann` (FAISS kinds and tuning), `indexer` (the indexing run), `index` (`VideoIndex`, the back end),
+`app` (the Gradio page), `cli`.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("modeling-centerclip")
+except PackageNotFoundError:  # run from a source tree that was not installed
+    __version__ = "0+unknown"
+
+from .index import SearchResult, VideoIndex  # noqa: E402
+
+__all__ = ["SearchResult", "VideoIndex", "__version__"]

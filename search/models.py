@@ -1,0 +1,160 @@
+"""The model side of search: which model a library was indexed with, and the two towers that embed queries.
+
+A model is a CenterCLIP folder or Hub id, or a stock CLIP checkpoint with cluster overrides
+(`{"cluster_algo": "kmedoids", ...}`). Its *fingerprint* hashes the weight files, the model config (overrides
+included) and the processor's video settings: an index built with one fingerprint is only searched with the same.
+
+Text queries need only the tokenizer and the text tower: `TextEncoder` reads the `text_model.*` and
+`text_projection.*` tensors of the safetensors files and nothing else, so no vision weights are loaded.
+Every embedding is L2-normalised here, whatever `get_*_features(...).pooler_output` returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from functools import cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
+
+PROCESSOR_SETTINGS = ("num_frames", "image_size", "max_length", "fps", "image_mean", "image_std", "resample")
+TEXT_PREFIXES = ("text_model.", "text_projection.")
+_VOLATILE_CONFIG_KEYS = {"transformers_version", "_name_or_path", "architectures", "auto_map", "dtype", "torch_dtype"}
+
+
+class ModelMismatchError(ValueError):
+    """The model given for a query or an update is not the one the index was built with."""
+
+
+def resolve_model_dir(model: str) -> Path:
+    """A local folder as is; a Hub id through the local Hub cache (downloading configs and safetensors only)."""
+    if os.path.isdir(model):
+        return Path(model).resolve()
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", ""):
+        raise FileNotFoundError(f"model folder {model!r} not found")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))
+
+
+def load_config(model_dir: Path, overrides: dict | None = None) -> CenterCLIPConfig:
+    """The CenterCLIP config of a folder (a stock CLIP config becomes one), with cluster overrides applied."""
+    return CenterCLIPConfig.from_pretrained(model_dir, **(overrides or {}))
+
+
+def load_processor(model_dir: Path, config: CenterCLIPConfig) -> CenterCLIPProcessor:
+    """The folder's CenterCLIP processor, or (stock CLIP) its tokenizer with default video settings; frames and
+    image size always follow the model config."""
+    try:
+        processor = CenterCLIPProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError):
+        from transformers import CLIPTokenizer
+
+        processor = CenterCLIPProcessor(CLIPTokenizer.from_pretrained(model_dir))
+    processor.num_frames = config.num_frames
+    processor.image_size = config.vision_config.image_size
+    return processor
+
+
+@cache
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weight_files(model_dir: Path) -> list[Path]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no .safetensors weights (only safetensors checkpoints are read)")
+    return files
+
+
+def fingerprint(model_dir: Path, config: CenterCLIPConfig, processor: CenterCLIPProcessor) -> str:
+    """sha256 of the weight files' bytes, the config and the processor's video settings (first 16 hex digits)."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+    settings["processor"] = {name: getattr(processor, name) for name in PROCESSOR_SETTINGS}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for path in weight_files(model_dir):
+        stat = path.stat()
+        digest.update(f"{path.name}:{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}".encode())
+    return digest.hexdigest()[:16]
+
+
+class ModelSpec:
+    """A model reference (`name` as given, cluster `overrides`) resolved to its folder, config and processor."""
+
+    def __init__(self, name: str, overrides: dict | None = None):
+        self.name = str(name)
+        self.overrides = dict(overrides or {})
+        self.model_dir = resolve_model_dir(self.name)
+        self.config = load_config(self.model_dir, self.overrides)
+        self.processor = load_processor(self.model_dir, self.config)
+        self.fingerprint = fingerprint(self.model_dir, self.config, self.processor)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "overrides": self.overrides, "fingerprint": self.fingerprint,
+                "dim": self.config.projection_dim, "cluster_algo": self.config.cluster_algo}  # fmt: skip
+
+    def check_matches(self, manifest_model: dict, allow_mismatch: bool = False, flag: str = "--allow-model-mismatch"):
+        """Refuse (`ModelMismatchError`, naming both) when this model is not the one of `manifest_model`."""
+        if self.fingerprint == manifest_model["fingerprint"] or allow_mismatch:
+            return
+        raise ModelMismatchError(
+            f"the index was built with model {manifest_model['name']!r} (overrides {manifest_model['overrides']}, "
+            f"fingerprint {manifest_model['fingerprint']}), but the query model is {self.name!r} (overrides "
+            f"{self.overrides}, fingerprint {self.fingerprint}); embeddings of different models are not comparable. "
+            f"Pass {flag} to search anyway."
+        )
+
+    def load_video_model(self, device: torch.device | str = "cpu") -> CenterCLIPModel:
+        return CenterCLIPModel.from_pretrained(self.model_dir, **self.overrides).to(device).eval()
+
+    def load_text_encoder(self) -> TextEncoder:
+        return TextEncoder(self)
+
+
+class TextEncoder:
+    """Tokenizer + text tower + text projection of a CLIP/CenterCLIP checkpoint, the vision weights left on disk."""
+
+    def __init__(self, spec: ModelSpec):
+        from safetensors import safe_open
+        from transformers import CLIPTextModelWithProjection
+
+        text_config = copy.deepcopy(spec.config.text_config)
+        text_config.projection_dim = spec.config.projection_dim
+        self.model = CLIPTextModelWithProjection._from_config(text_config)
+        state = {}
+        for path in weight_files(spec.model_dir):
+            with safe_open(str(path), framework="pt") as handle:
+                state.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(TEXT_PREFIXES)})
+        missing, _ = self.model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing:
+            raise ValueError(f"{spec.model_dir}: the checkpoint lacks text-tower weights {missing[:5]}")
+        self.model.eval()
+        self.processor = spec.processor
+
+    @torch.inference_mode()
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings `[len(texts), dim]` float32."""
+        tokens = self.processor(text=list(texts))
+        # CLIPTextModelWithProjection.text_embeds is CLIPModel.get_text_features' projection of the EOS state.
+        embeds = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds
+        return F.normalize(embeds.float(), dim=-1)
+
+
+@torch.inference_mode()
+def video_embeddings(model: CenterCLIPModel, pixel_values: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    """L2-normalised video embeddings `[B, dim]` float32 on the CPU."""
+    device = next(model.parameters()).device
+    features = model.get_video_features(pixel_values=pixel_values.to(device), video_mask=video_mask.to(device))
+    return F.normalize(features.pooler_output.float(), dim=-1).cpu()
