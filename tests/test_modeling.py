@@ -166,9 +166,14 @@ def test_eager_and_sdpa_agree(clip_folder, algo):
     torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_same_gradients():
+REDUCER_SETTINGS = [{}, dict(cluster_algo="tome", merge_r=2, proportional_attention=True),
+                    dict(cluster_algo="temporal", merge_r=1, proportional_attention=True)]
+
+
+@pytest.mark.parametrize("settings", REDUCER_SETTINGS)
+def test_gradient_checkpointing_gives_same_gradients(settings):
     torch.manual_seed(0)
-    model = CenterCLIPModel(tiny_centerclip_config()).train()
+    model = CenterCLIPModel(tiny_centerclip_config(**settings)).train()
     x = inputs()
     grads = []
     for checkpointing in [False, True]:
@@ -181,10 +186,11 @@ def test_gradient_checkpointing_gives_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("settings", REDUCER_SETTINGS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(dtype):
+def test_autocast(dtype, settings):
     torch.manual_seed(0)
-    model = CenterCLIPModel(tiny_centerclip_config())
+    model = CenterCLIPModel(tiny_centerclip_config(**settings))
     with torch.autocast("cpu", dtype=dtype):
         out = model(**inputs(), return_loss=True)
     assert torch.isfinite(out.loss)
