@@ -1,6 +1,6 @@
 """The speed/quality frontier of CenterCLIP's token reducers, on one harness.
 
-    python benchmarks/benchmark_frontier.py                  # the full grid (about 40 minutes on 2 busy cores)
+    python benchmarks/benchmark_frontier.py                  # the full grid (about 20 minutes on 2 busy cores)
     python benchmarks/benchmark_frontier.py --quick          # tiny shapes and corpus, seconds (used by the tests)
 
 Every grid point is a set of `CenterCLIPConfig` reducer fields written for ViT-B/32 shapes (12 frames, 12 layers,
@@ -12,8 +12,8 @@ Every grid point is a set of `CenterCLIPConfig` reducer fields written for ViT-B
   activation memory of a training step (the bytes a training forward saves for its backward, weights aside:
   the part of the peak that token reduction shrinks, counted exactly with `saved_tensors_hooks`);
 - quality on the demo corpus: the point mapped to the demo model (`demo_settings`: the same share of tokens
-  kept per layer), trained from scratch with the same step budget per seed, t2v / v2t R@1 and R@5, mean and
-  sample std over seeds;
+  kept per layer), trained from scratch with the same step budget per seed (one process per seed, in parallel
+  with the speed measurement), t2v / v2t R@1 and R@5, mean and sample std over seeds;
 - training-free: the point applied to the trained mean-pooling baseline (each seed) without fine-tuning.
 
 Writes `<output_dir>/frontier_report.json` (everything), `<output_dir>/frontier.png` (R@1 against the measured
@@ -322,8 +322,8 @@ def training_free(point: Point, seeds: list[int], args, model_config: dict, test
     return runs
 
 
-def measure_quality(points: list[Point], args, model_config: dict, corpus_settings: dict) -> tuple[dict, dict]:
-    """Every point trained per seed on the demo corpus, then each reducer on the trained baselines (training-free)."""
+def demo_data(args, model_config: dict, corpus_settings: dict):
+    """(tokenizer, decoded train split, decoded test split) of the demo corpus, generated and decoded on first use."""
     from transformers import CLIPTokenizer
 
     from modeling_centerclip import CenterCLIPProcessor
@@ -331,7 +331,6 @@ def measure_quality(points: list[Point], args, model_config: dict, corpus_settin
     from training.demo import prepare_tokenizer
     from training.demo_corpus import generate_demo_corpus
 
-    print(f"quality (demo corpus, {args.steps} steps, seeds {args.seeds})", flush=True)
     corpus = args.output_dir / "corpus"
     generate_demo_corpus(corpus, **corpus_settings, show_progress=False)
     tokenizer = CLIPTokenizer.from_pretrained(prepare_tokenizer(corpus, args.output_dir / "tokenizer"))
@@ -341,13 +340,22 @@ def measure_quality(points: list[Point], args, model_config: dict, corpus_settin
     splits = load_corpus(str(corpus))
     size = model_config["vision_config"]["image_size"]
     train, test = (decode_split(splits[name], processor, args.output_dir / f"{name}_{size}px.pt") for name in ("train", "test"))
+    return tokenizer, train, test
+
+
+def measure_quality(points: list[Point], seed: int, args, model_config: dict, corpus_settings: dict) -> tuple[dict, dict]:
+    """Every point trained with one seed on the demo corpus, then each reducer on that trained baseline
+    (training-free). Returns `({point: run}, {point: training-free run})`."""
+    # One thread per worker: on an oversubscribed CPU, OpenMP threads waiting on each other cost more than they give.
+    torch.set_num_threads(1)
+    tokenizer, train, test = demo_data(args, model_config, corpus_settings)
     quality, free = {}, {}
     for point in points:
-        quality[point.name] = [train_and_evaluate(point, seed, args, model_config, tokenizer, train, test) for seed in args.seeds]
-        print(f"  {point.name}: t2v R@1 {[run['t2v']['R@1'] for run in quality[point.name]]} "
-              f"({statistics.fmean(r['train_time_s'] for r in quality[point.name]):.0f} s per run)", flush=True)  # fmt: skip
+        quality[point.name] = train_and_evaluate(point, seed, args, model_config, tokenizer, train, test)
+        print(f"  seed {seed}, {point.name}: t2v R@1 {quality[point.name]['t2v']['R@1']:.1f} "
+              f"(loss {quality[point.name]['final_loss']:.2f}, {quality[point.name]['train_time_s']:.0f} s)", flush=True)  # fmt: skip
     for point in points[1:]:
-        free[point.name] = training_free(point, args.seeds, args, model_config, test)
+        free[point.name] = training_free(point, [seed], args, model_config, test)[0]
     return quality, free
 
 
@@ -430,15 +438,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, corpus and grid, 1 seed, 2 steps")
     parser.add_argument("--seeds", type=int, nargs="+", help="training seeds per grid point (default 0 1 2; quick: 0)")
-    parser.add_argument("--steps", type=int, help="optimizer steps per training run (default 120; quick: 2)")
-    parser.add_argument("--repeats", type=int, help="timed passes per tower (default 3; quick: 1)")
+    parser.add_argument("--steps", type=int, help="optimizer steps per training run (default 250; quick: 2)")
+    parser.add_argument("--repeats", type=int, help="timed passes per tower (default 2, one less at B/16; quick: 1)")
     parser.add_argument("--train_batch", type=int, default=2, help="videos per measured training forward (B/32)")
     parser.add_argument("--points", nargs="*", help="only the grid points whose name contains one of these")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/frontier"))
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.steps = args.steps or (2 if args.quick else 120)
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.steps = args.steps or (2 if args.quick else 250)
+    args.repeats = args.repeats or (1 if args.quick else 2)
     args.output_dir = args.output_dir.resolve()
     points = [p for p in GRID if not args.quick or p.name in QUICK_GRID]
     if args.points:
@@ -452,13 +460,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tiny = dict(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,
                                        image_size=32, patch_size=8), projection_dim=16, num_frames=12)  # fmt: skip
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        # Quality trains in a second process while this one times the towers: the machine's cores are shared.
-        quality_job = None if args.quick else pool.submit(measure_quality, points, args, model_config, corpus_settings)
+    print(f"quality (demo corpus, {args.steps} steps, seeds {args.seeds})", flush=True)
+    demo_data(args, model_config, corpus_settings)  # generated and decoded once, before the workers read it
+    workers = 1 if args.quick else len(args.seeds)
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        # One process per seed trains while this one times the towers: the machine's cores are shared.
+        jobs = [] if args.quick else [pool.submit(measure_quality, points, seed, args, model_config, corpus_settings)
+                                      for seed in args.seeds]  # fmt: skip
         speed = {"b32": measure_speed(points, "B/32", "centerclip-vitb32", tiny, args.repeats, args.train_batch)}
         tiny_b16 = None if tiny is None else dict(tiny, vision_config=dict(tiny["vision_config"], patch_size=4))
         speed["b16"] = measure_speed(points, "B/16", "centerclip-vitb16", tiny_b16, max(1, args.repeats - 1))
-        quality, free = quality_job.result() if quality_job else measure_quality(points, args, model_config, corpus_settings)
+        (args.output_dir / "speed.json").write_text(json.dumps(speed, indent=2))  # kept should training fail
+        results = [job.result() for job in jobs] or [measure_quality(points, seed, args, model_config, corpus_settings)
+                                                     for seed in args.seeds]  # fmt: skip
+    quality = {p.name: [result[0][p.name] for result in results] for p in points}
+    free = {p.name: [result[1][p.name] for result in results] for p in points[1:]}
 
     entries = []
     for point in points:

@@ -49,7 +49,9 @@ def video_text_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
     r"""
     Output of [`CenterCLIPModel.get_video_features`]. B videos, T frames, S segments, P patches per frame,
-    K centers, D hidden size, E projection size; with `cluster_algo="none"` every frame is a segment (S = T).
+    K centers, D hidden size, E projection size; with `cluster_algo="none"` or `"temporal"` every frame is a
+    segment (S = T). With progressive (`merge_r`) or temporal merging the sequence counts and lengths of every
+    layer are those of `config.layer_plan()` instead of the ones below.
 
     last_hidden_state (`torch.Tensor` of shape `(B * S, 1 + K, D)`):
         The vision tower's last hidden states (before the post-layernorm), one sequence per segment: its [CLS]
@@ -70,7 +72,8 @@ class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
         True for segments holding a real frame: the ones averaged into `pooler_output`.
     cluster_medoids (`torch.LongTensor` of shape `(B, S, K)`, *optional*, returned with `output_clusters=True`):
         The kept tokens of each segment, ascending, as indices into the segment's pooled patch tokens: token `n`
-        is patch `n % P` (raster order) of the segment's frame `n // P`.
+        is patch `n % P` (raster order) of the segment's frame `n // P` (with `merge_r`, P is the patch tokens
+        left per frame at the cluster layer). For `"tome"`, the token each merged group was merged into.
     cluster_assignment (`torch.LongTensor` of shape `(B, S, (T / S) * P)`, *optional*, with `output_clusters=True`):
         The cluster of every pooled patch token, an index into `cluster_medoids`; -1 for tokens of padded frames.
     """
