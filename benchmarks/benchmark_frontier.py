@@ -443,6 +443,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--train_batch", type=int, default=2, help="videos per measured training forward (B/32)")
     parser.add_argument("--points", nargs="*", help="only the grid points whose name contains one of these")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/frontier"))
+    parser.add_argument("--reuse_quality", type=Path, help="a previous frontier_report.json: measure speed again, "
+                        "take its training results (same points, steps and seeds)")
     args = parser.parse_args(argv)
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.steps = args.steps or (2 if args.quick else 250)
@@ -460,21 +462,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
         tiny = dict(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2),
                     vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=12, num_attention_heads=2,
                                        image_size=32, patch_size=8), projection_dim=16, num_frames=12)  # fmt: skip
-    print(f"quality (demo corpus, {args.steps} steps, seeds {args.seeds})", flush=True)
-    demo_data(args, model_config, corpus_settings)  # generated and decoded once, before the workers read it
+    previous = json.loads(args.reuse_quality.read_text()) if args.reuse_quality else None
+    if previous and (previous["steps"], previous["entries"][0]["seeds"]) != (args.steps, args.seeds):
+        raise ValueError(f"--reuse_quality {args.reuse_quality}: trained with other steps or seeds")
+    if not previous:
+        print(f"quality (demo corpus, {args.steps} steps, seeds {args.seeds})", flush=True)
+        demo_data(args, model_config, corpus_settings)  # generated and decoded once, before the workers read it
     workers = 1 if args.quick else len(args.seeds)
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         # One process per seed trains while this one times the towers: the machine's cores are shared.
-        jobs = [] if args.quick else [pool.submit(measure_quality, points, seed, args, model_config, corpus_settings)
-                                      for seed in args.seeds]  # fmt: skip
+        jobs = [] if args.quick or previous else [pool.submit(measure_quality, points, seed, args, model_config, corpus_settings)
+                                                  for seed in args.seeds]  # fmt: skip
         speed = {"b32": measure_speed(points, "B/32", "centerclip-vitb32", tiny, args.repeats, args.train_batch)}
         tiny_b16 = None if tiny is None else dict(tiny, vision_config=dict(tiny["vision_config"], patch_size=4))
         speed["b16"] = measure_speed(points, "B/16", "centerclip-vitb16", tiny_b16, max(1, args.repeats - 1))
         (args.output_dir / "speed.json").write_text(json.dumps(speed, indent=2))  # kept should training fail
-        results = [job.result() for job in jobs] or [measure_quality(points, seed, args, model_config, corpus_settings)
-                                                     for seed in args.seeds]  # fmt: skip
-    quality = {p.name: [result[0][p.name] for result in results] for p in points}
-    free = {p.name: [result[1][p.name] for result in results] for p in points[1:]}
+        if previous:
+            quality, free = previous["runs"], previous["training_free_runs"]
+        else:
+            results = [job.result() for job in jobs] or [measure_quality(points, seed, args, model_config, corpus_settings)
+                                                         for seed in args.seeds]  # fmt: skip
+            quality = {p.name: [result[0][p.name] for result in results] for p in points}
+            free = {p.name: [result[1][p.name] for result in results] for p in points[1:]}
 
     entries = []
     for point in points:
