@@ -1,11 +1,14 @@
 """CenterCLIP configuration: a `CLIPConfig` plus the token-clustering settings."""
 
 import math
+from typing import NamedTuple
 
 from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 
-CLUSTER_ALGOS = ("kmedoids", "spectral", "none")
+# Reducers applied once, at the cluster layer, to each segment's pooled patch tokens.
+SEGMENT_REDUCERS = ("kmedoids", "spectral", "tome", "uniform")
+CLUSTER_ALGOS = (*SEGMENT_REDUCERS, "temporal", "none")
 CLUSTER_DISTANCES = ("euclidean", "cosine")
 CENTERCLIP_FIELDS = (
     "num_frames",
@@ -17,7 +20,34 @@ CENTERCLIP_FIELDS = (
     "cluster_iters",
     "spectral_sigma",
     "spectral_knn",
+    "merge_r",
+    "proportional_attention",
+    "temporal_groups",
+    "temporal_layers",
+    "temporal_merge_ratio",
 )
+
+
+def prime_factors(number: int) -> list[int]:
+    """Ascending prime factors with repeats: 12 -> [2, 2, 3] (the default temporal groups)."""
+    factors, factor = [], 2
+    while number > 1:
+        while number % factor == 0:
+            factors.append(factor)
+            number //= factor
+        factor += 1
+    return factors
+
+
+class LayerPlan(NamedTuple):
+    """What happens at the input of one vision layer (`CenterCLIPConfig.layer_plan`), and the shapes it leaves."""
+
+    step: str | None  # "merge" (progressive), "cluster" (the segment reducer), "temporal", or None
+    merged: int  # tokens merged away per sequence by this step ("cluster": tokens in before reduction - 1 - K)
+    group: int  # sequences concatenated into one ("cluster": frames per segment; "temporal": the group)
+    sequences: int  # sequences per video the layer runs on
+    protected: int  # leading [CLS] tokens per sequence (one per frame with "temporal")
+    tokens: int  # tokens per sequence the layer runs on, [CLS] included
 
 
 @strict
@@ -31,7 +61,10 @@ class CenterCLIPConfig(CLIPConfig):
     num_frames (`int`, defaults to 12):
         Frames per video (T).
     cluster_algo (`str`, defaults to `"kmedoids"`):
-        `"kmedoids"`, `"spectral"`, or `"none"` (CLIP4Clip mean pooling: each frame is encoded alone).
+        How each segment's pooled patch tokens are cut to `num_centers` at the cluster layer: `"kmedoids"` or
+        `"spectral"` (medoids), `"tome"` (bipartite soft matching: size-weighted merges), `"uniform"` (evenly
+        spaced tokens, the control). Or `"temporal"` (TempMe-style: adjacent frames joined at `temporal_layers`,
+        no cluster layer) or `"none"` (CLIP4Clip mean pooling: each frame is encoded alone).
     cluster_layer (`int`, defaults to 6):
         Vision encoder layers run on whole frames before the tokens are clustered (0 clusters the embeddings).
     num_segments (`int`, defaults to 4):
@@ -47,6 +80,22 @@ class CenterCLIPConfig(CLIPConfig):
     spectral_knn (`int`, *optional*):
         Neighbours kept in the spectral affinity graph; `None` takes `5 * frames_per_segment` (+5 when a frame
         has 100 or more patch tokens).
+    merge_r (`int` or `list[int]`, defaults to 0):
+        Progressive merging (ToMe): tokens merged away by bipartite soft matching at the input of each layer,
+        within each frame before the cluster layer and within each segment (or frame group) after it. An int
+        applies to layers 1 and up except the cluster / temporal layers; a list gives one count per layer (0 at
+        those layers). A round never takes more than half of a sequence's unprotected tokens.
+    proportional_attention (`bool`, defaults to `False`):
+        Add `log(size)` of every key to the attention logits, so a merged token weighs as much as the tokens it
+        stands for (sizes: tokens merged into it; for medoids, their cluster's size).
+    temporal_groups (`list[int]`, *optional*):
+        With `"temporal"`: how many adjacent sequences are joined at each of `temporal_layers`; their product must
+        divide `num_frames`. `None` takes the prime factors of `num_frames` ([2, 2, 3] for 12).
+    temporal_layers (`list[int]`, *optional*):
+        With `"temporal"`: the layers (ascending, in [1, layers - 1]) at whose input the groups are joined.
+        `None` spreads them evenly ([3, 6, 9] for 12 layers and 3 groups).
+    temporal_merge_ratio (`float`, defaults to 0.3):
+        With `"temporal"`: share of the joined patch tokens merged away when a group is joined.
     """
 
     model_type = "centerclip"
@@ -60,6 +109,11 @@ class CenterCLIPConfig(CLIPConfig):
     cluster_iters: int = 100
     spectral_sigma: float | int = 2.0
     spectral_knn: int | None = None
+    merge_r: int | list[int] = 0
+    proportional_attention: bool = False
+    temporal_groups: list[int] | None = None
+    temporal_layers: list[int] | None = None
+    temporal_merge_ratio: float | int = 0.3
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -89,6 +143,48 @@ class CenterCLIPConfig(CLIPConfig):
         knn = 5 * self.frames_per_segment
         return knn + 5 if self.patches_per_frame >= 100 else knn
 
+    @property
+    def temporal_schedule(self) -> list[tuple[int, int]]:
+        """`(layer, group)` pairs of the temporal joins, defaults filled in."""
+        groups = self.temporal_groups if self.temporal_groups is not None else prime_factors(self.num_frames)
+        layers = self.temporal_layers
+        if layers is None:
+            num_layers = self.vision_config.num_hidden_layers
+            layers = [round((i + 1) * num_layers / (len(groups) + 1)) for i in range(len(groups))]
+        return list(zip(layers, groups))
+
+    def merge_counts(self) -> list[int]:
+        """Progressive merging: tokens asked to merge at the input of every vision layer."""
+        num_layers = self.vision_config.num_hidden_layers
+        if isinstance(self.merge_r, list):
+            return list(self.merge_r)
+        reducer_layers = {self.cluster_layer} if self.cluster_algo in SEGMENT_REDUCERS else set()
+        reducer_layers |= {layer for layer, _ in self.temporal_schedule} if self.cluster_algo == "temporal" else set()
+        return [0 if i == 0 or i in reducer_layers else self.merge_r for i in range(num_layers)]
+
+    def layer_plan(self) -> list[LayerPlan]:
+        """The token schedule of the vision tower, one `LayerPlan` per layer (shapes are static per config)."""
+        sequences, protected, tokens = self.num_frames, 1, self.patches_per_frame + 1
+        temporal = dict(self.temporal_schedule) if self.cluster_algo == "temporal" else {}
+        plan = []
+        for layer, requested in enumerate(self.merge_counts()):
+            step, merged, group = None, 0, 1
+            if self.cluster_algo in SEGMENT_REDUCERS and layer == self.cluster_layer:
+                step, group = "cluster", self.frames_per_segment
+                merged = group * (tokens - 1) - self.num_centers
+                sequences, tokens = self.num_segments, 1 + self.num_centers
+            elif layer in temporal:
+                step, group = "temporal", temporal[layer]
+                patches = group * (tokens - protected)
+                merged = min(round(self.temporal_merge_ratio * patches), patches - 1)
+                sequences, protected = sequences // group, protected * group
+                tokens = protected + patches - merged
+            elif requested:
+                step, merged = "merge", min(requested, (tokens - protected) // 2)
+                tokens -= merged
+            plan.append(LayerPlan(step, merged, group, sequences, protected, tokens))
+        return plan
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         # Checked here rather than in a `validate_*` hook so users get a plain ValueError at construction.
@@ -112,21 +208,54 @@ class CenterCLIPConfig(CLIPConfig):
             fail("cluster_iters", "must be at least 1")
         if self.spectral_sigma <= 0:
             fail("spectral_sigma", "must be positive")
-        if self.cluster_algo == "none":
-            return  # the clustering fields below are unused by mean pooling
         num_layers = self.vision_config.num_hidden_layers
+        self._check_merge_settings(fail, num_layers)
+        if self.cluster_algo == "temporal":
+            self._check_temporal_settings(fail, num_layers)
+        if self.cluster_algo not in SEGMENT_REDUCERS:
+            return  # the clustering fields below are unused by mean pooling and temporal merging
         if not 0 <= self.cluster_layer < num_layers:
             fail("cluster_layer", f"must be in [0, {num_layers - 1}] (the vision encoder has {num_layers} layers)")
         if self.num_segments < 1 or self.num_frames % self.num_segments:
             fail("num_segments", f"must be positive and divide num_frames={self.num_frames}")
-        if not 1 <= self.num_centers <= self.tokens_per_segment:
+        pooled = self.frames_per_segment * (self.layer_plan()[self.cluster_layer - 1].tokens - 1) if self.cluster_layer else self.tokens_per_segment
+        if not 1 <= self.num_centers <= pooled:
             fail(
                 "num_centers",
-                f"must be in [1, {self.tokens_per_segment}] (a segment of {self.frames_per_segment} frames holds "
-                f"{self.tokens_per_segment} patch tokens)",
+                f"must be in [1, {pooled}] (a segment of {self.frames_per_segment} frames holds {pooled} patch "
+                "tokens at the cluster layer)",
             )
         if self.spectral_knn is not None and not 1 <= self.spectral_knn <= self.tokens_per_segment:
             fail("spectral_knn", f"must be None or in [1, {self.tokens_per_segment}]")
 
+    def _check_merge_settings(self, fail, num_layers: int) -> None:
+        counts = self.merge_r if isinstance(self.merge_r, list) else [self.merge_r]
+        if isinstance(self.merge_r, list) and len(self.merge_r) != num_layers:
+            fail("merge_r", f"a list needs one count per vision layer ({num_layers})")
+        if any(count < 0 for count in counts):
+            fail("merge_r", "counts must be non-negative")
+        if isinstance(self.merge_r, list) and self.cluster_algo in SEGMENT_REDUCERS and self.cluster_layer < num_layers:
+            if self.merge_r[self.cluster_layer]:
+                fail("merge_r", f"must be 0 at the cluster layer ({self.cluster_layer}), where {self.cluster_algo} reduces")
 
-__all__ = ["CenterCLIPConfig"]
+    def _check_temporal_settings(self, fail, num_layers: int) -> None:
+        if not 0 < self.temporal_merge_ratio < 1:
+            fail("temporal_merge_ratio", "must be in (0, 1)")
+        for field in ("temporal_groups", "temporal_layers"):
+            value = getattr(self, field)
+            if value is not None and (not value or any(not isinstance(v, int) for v in value)):
+                fail(field, "must be None or a non-empty list of integers")
+        schedule = self.temporal_schedule
+        groups = self.temporal_groups if self.temporal_groups is not None else prime_factors(self.num_frames)
+        if any(group < 2 for group in groups) or self.num_frames % math.prod(groups):
+            fail("temporal_groups", f"groups must be at least 2 and their product divide num_frames={self.num_frames}")
+        layers = [layer for layer, _ in schedule]
+        if self.temporal_layers is not None and len(self.temporal_layers) != len(groups):
+            fail("temporal_layers", f"needs one layer per group ({len(groups)})")
+        if layers != sorted(set(layers)) or not all(1 <= layer < num_layers for layer in layers):
+            fail("temporal_layers", f"layers {layers} must be distinct, ascending, in [1, {num_layers - 1}]")
+        if isinstance(self.merge_r, list) and any(self.merge_r[layer] for layer in layers):
+            fail("merge_r", f"must be 0 at the temporal layers {layers}")
+
+
+__all__ = ["CenterCLIPConfig", "LayerPlan"]

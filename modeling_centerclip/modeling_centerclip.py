@@ -18,7 +18,8 @@ from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
 from .clustering import kmedoids, spectral_clustering
-from .configuration_centerclip import CenterCLIPConfig
+from .configuration_centerclip import SEGMENT_REDUCERS, CenterCLIPConfig, LayerPlan
+from .merging import attention_bias, cluster_sizes, merge_to_budget, uniform_keep
 
 logger = logging.get_logger(__name__)
 
@@ -48,7 +49,9 @@ def video_text_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
 class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
     r"""
     Output of [`CenterCLIPModel.get_video_features`]. B videos, T frames, S segments, P patches per frame,
-    K centers, D hidden size, E projection size; with `cluster_algo="none"` every frame is a segment (S = T).
+    K centers, D hidden size, E projection size; with `cluster_algo="none"` or `"temporal"` every frame is a
+    segment (S = T). With progressive (`merge_r`) or temporal merging the sequence counts and lengths of every
+    layer are those of `config.layer_plan()` instead of the ones below.
 
     last_hidden_state (`torch.Tensor` of shape `(B * S, 1 + K, D)`):
         The vision tower's last hidden states (before the post-layernorm), one sequence per segment: its [CLS]
@@ -69,7 +72,8 @@ class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
         True for segments holding a real frame: the ones averaged into `pooler_output`.
     cluster_medoids (`torch.LongTensor` of shape `(B, S, K)`, *optional*, returned with `output_clusters=True`):
         The kept tokens of each segment, ascending, as indices into the segment's pooled patch tokens: token `n`
-        is patch `n % P` (raster order) of the segment's frame `n // P`.
+        is patch `n % P` (raster order) of the segment's frame `n // P` (with `merge_r`, P is the patch tokens
+        left per frame at the cluster layer). For `"tome"`, the token each merged group was merged into.
     cluster_assignment (`torch.LongTensor` of shape `(B, S, (T / S) * P)`, *optional*, with `output_clusters=True`):
         The cluster of every pooled patch token, an index into `cluster_medoids`; -1 for tokens of padded frames.
     """
@@ -115,29 +119,39 @@ class ClusteredSegments(NamedTuple):
     """What `cluster_segments` returns; S' = B * S segments in all."""
 
     hidden_states: torch.Tensor  # [S', 1 + K, D]: mean [CLS], then the kept tokens in frame-then-raster order
-    attention_mask: torch.Tensor | None  # [S', 1, 1, 1 + K] additive, or None when every kept token is real
-    medoids: torch.Tensor  # [S', K] int64, indices into the segment's pooled patch tokens
-    assignment: torch.Tensor  # [S', N] int64, -1 for tokens of padded frames
+    sizes: torch.Tensor  # [S', 1 + K] float: input patches each token stands for ([CLS]: 1)
+    token_mask: torch.Tensor | None  # [S', 1 + K] bool, False for padding kept to fill K; None when all real
+    medoids: torch.Tensor  # [S', K] int64, indices into the segment's pooled patch tokens (representatives)
+    assignment: torch.Tensor  # [S', N] int64, the kept token each pooled token went to; -1 for padded frames
 
 
 def cluster_segments(
-    hidden_states: torch.Tensor, config: CenterCLIPConfig, frame_mask: torch.Tensor | None = None
+    hidden_states: torch.Tensor,
+    config: CenterCLIPConfig,
+    frame_mask: torch.Tensor | None = None,
+    sizes: torch.Tensor | None = None,
 ) -> ClusteredSegments:
-    """Replace each segment's frames by its mean [CLS] and the medoids of its pooled patch tokens.
+    """Replace each segment's frames by its mean [CLS] and K tokens of its pooled patch tokens.
 
-    Padded frames (`frame_mask` False) take no part: the [CLS] mean and the clustering see only real frames, so
-    their content changes nothing. A segment with fewer real tokens than K keeps padding tokens to fill its
-    sequence, hidden from the later layers by the returned attention mask. A segment with no real frame at all
-    is computed as if every frame were real (the caller leaves it out of the video embedding).
+    `config.cluster_algo` picks the K tokens: medoids (`kmedoids`, `spectral`), size-weighted bipartite merges
+    (`tome`) or evenly spaced tokens (`uniform`). Padded frames (`frame_mask` False) take no part: the [CLS]
+    mean and the reducer see only real frames, so their content changes nothing. A segment with fewer real
+    tokens than K keeps padding tokens to fill its sequence (`token_mask` False, hidden from the later layers).
+    A segment with no real frame at all is computed as if every frame were real (the caller leaves it out).
 
     Args:
-        hidden_states: `[B*T, 1+P, D]`, frames of one video consecutive.
+        hidden_states: `[B*T, 1+P, D]`, frames of one video consecutive (P: patch tokens left per frame).
         frame_mask: `[B*T]` bool, False for padded frames; None when every frame is real.
+        sizes: `[B*T, 1+P]` token sizes from earlier merging; None for ones.
     """
     frames, seq_len, dim = hidden_states.shape
-    per_segment = config.frames_per_segment
+    per_segment, num_centers = config.frames_per_segment, config.num_centers
     segments = hidden_states.view(frames // per_segment, per_segment, seq_len, dim)
     patches = segments[:, :, 1:].reshape(segments.shape[0], per_segment * (seq_len - 1), dim)  # [B*S, N, D]
+    patch_sizes = (
+        patches.new_ones(patches.shape[:2], dtype=torch.float32) if sizes is None
+        else sizes.view(-1, per_segment, seq_len)[:, :, 1:].reshape(patches.shape[:2])
+    )  # fmt: skip
     token_mask, to_cluster = None, patches
     if frame_mask is None:
         cls = segments[:, :, 0].mean(dim=1, keepdim=True)  # [B*S, 1, D]
@@ -150,27 +164,66 @@ def cluster_segments(
         cls = cls / real.sum(dim=1).to(cls.dtype)[:, None, None]
         if not bool(real.all()):
             token_mask = real.repeat_interleave(seq_len - 1, dim=1)  # [B*S, N]
-    if config.cluster_algo == "spectral":
-        knn = config.spectral_knn or config.default_spectral_knn
-        assignment, medoids = spectral_clustering(
-            to_cluster, config.num_centers, mask=token_mask, sigma=config.spectral_sigma, knn=knn,
-            max_iters=config.cluster_iters,
-        )
+    if config.cluster_algo == "tome":
+        merged = merge_to_budget(to_cluster, num_centers, sizes=patch_sizes, mask=token_mask)
+        centers, center_sizes, medoids = merged.tokens, merged.sizes, merged.kept
+        kept_real = merged.mask
+        assignment = merged.destination if token_mask is None else merged.destination.masked_fill(~token_mask, -1)
     else:
-        assignment, medoids = kmedoids(
-            to_cluster, config.num_centers, mask=token_mask, distance=config.cluster_distance,
-            max_iters=config.cluster_iters,
+        if config.cluster_algo == "spectral":
+            knn = config.spectral_knn or config.default_spectral_knn
+            assignment, medoids = spectral_clustering(
+                to_cluster, num_centers, mask=token_mask, sigma=config.spectral_sigma, knn=knn,
+                max_iters=config.cluster_iters,
+            )
+        elif config.cluster_algo == "uniform":
+            medoids, assignment = uniform_keep(patches.shape[1], num_centers, token_mask, len(patches), patches.device)
+        else:
+            assignment, medoids = kmedoids(
+                to_cluster, num_centers, mask=token_mask, distance=config.cluster_distance,
+                max_iters=config.cluster_iters,
+            )
+        centers = to_cluster.gather(1, medoids[:, :, None].expand(-1, -1, dim))  # [B*S, K, D]
+        center_sizes = cluster_sizes(patch_sizes, assignment, num_centers)
+        kept_real = None if token_mask is None else token_mask.gather(1, medoids)
+    mask = None
+    if kept_real is not None and not bool(kept_real.all()):
+        mask = torch.cat([kept_real.new_ones(kept_real.shape[0], 1), kept_real], dim=1)
+    return ClusteredSegments(
+        torch.cat([cls, centers], dim=1), F.pad(center_sizes, (1, 0), value=1.0), mask, medoids, assignment
+    )
+
+
+class TokenState(NamedTuple):
+    """The vision tower's token sequences between two layers."""
+
+    hidden_states: torch.Tensor  # [sequences, tokens, D]
+    sizes: torch.Tensor | None  # [sequences, tokens] float, None while every token is one patch
+    mask: torch.Tensor | None  # [sequences, tokens] bool, False for padding; None when all are real
+
+
+def merge_sequences(state: TokenState, plan: LayerPlan, frame_mask: torch.Tensor | None) -> TokenState:
+    """A progressive ("merge") or temporal step of `CenterCLIPConfig.layer_plan` on every sequence."""
+    hidden, sizes, mask = state
+    if plan.step == "temporal":  # join `group` adjacent sequences: all their [CLS] first, then their patches
+        old_protected = plan.protected // plan.group
+        if mask is None and frame_mask is not None:  # sequences are still single frames here
+            mask = frame_mask[:, None].expand(-1, hidden.shape[1])
+            hidden = torch.where(frame_mask[:, None, None], hidden, 0)  # masked keys, but 0 * NaN would leak
+        hidden, sizes, mask = (
+            None if x is None else join_groups(x, plan.group, old_protected) for x in (hidden, sizes, mask)
         )
-    centers = patches.gather(1, medoids[:, :, None].expand(-1, -1, dim))  # [B*S, K, D]
-    attention_mask = None
-    if token_mask is not None:
-        kept_real = token_mask.gather(1, medoids)
-        if not bool(kept_real.all()):
-            centers = torch.where(kept_real[:, :, None], centers, 0)  # masked keys, but 0 * NaN would still leak
-            keys = torch.cat([kept_real.new_ones(kept_real.shape[0], 1), kept_real], dim=1)
-            attention_mask = torch.zeros(keys.shape, dtype=hidden_states.dtype, device=hidden_states.device)
-            attention_mask = attention_mask.masked_fill(~keys, torch.finfo(hidden_states.dtype).min)[:, None, None]
-    return ClusteredSegments(torch.cat([cls, centers], dim=1), attention_mask, medoids, assignment)
+    if sizes is None:
+        sizes = hidden.new_ones(hidden.shape[:2], dtype=torch.float32)
+    merged = merge_to_budget(hidden, plan.tokens, sizes=sizes, mask=mask, protected=plan.protected)
+    return TokenState(merged.tokens, merged.sizes, merged.mask)
+
+
+def join_groups(x: torch.Tensor, group: int, protected: int) -> torch.Tensor:
+    """`[n, L, ...]` -> `[n / group, group * L, ...]`: the protected tokens of `group` consecutive sequences,
+    then their other tokens, each part in sequence order."""
+    x = x.view(x.shape[0] // group, group, *x.shape[1:])
+    return torch.cat([x[:, :, :protected].flatten(1, 2), x[:, :, protected:].flatten(1, 2)], dim=1)
 
 
 class CenterCLIPModel(CLIPModel):
@@ -217,10 +270,11 @@ class CenterCLIPModel(CLIPModel):
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple | None, tuple | None, ClusteredSegments | None]:
-        """Vision tower with clustering on `[B*T, 3, H, W]` frames.
+        """Vision tower with the configured token reducers on `[B*T, 3, H, W]` frames.
 
-        Returns the last hidden states, the post-layernorm [CLS] of each segment `[B*S, D]`, the hidden states
-        and attentions when asked for, and the clustering (None with `cluster_algo="none"`).
+        Returns the last hidden states, the post-layernorm [CLS] of each segment `[B*S, D]` (of each frame with
+        `"none"` and `"temporal"`), the hidden states and attentions when asked for, and the segment reduction
+        (None without a cluster layer).
         """
         vision, config = self.vision_model, self.config
         hidden_states = vision.pre_layrnorm(vision.embeddings(pixel_values))
@@ -234,21 +288,28 @@ class CenterCLIPModel(CLIPModel):
                     layer.self_attn.register_forward_hook(lambda module, args, output: attentions.append(output[1]))
                     for layer in vision.encoder.layers
                 ]
-        attention_mask, clusters = None, None
+        state, bias, clusters = TokenState(hidden_states, None, None), None, None
+        padded = None if bool(frame_mask.all()) else frame_mask
         try:
-            for index, layer in enumerate(vision.encoder.layers):
-                if index == config.cluster_layer and config.cluster_algo != "none":
-                    self._check_finite(hidden_states, frame_mask, index)
-                    all_frames_real = bool(frame_mask.all())
-                    clusters = cluster_segments(hidden_states, config, None if all_frames_real else frame_mask)
-                    hidden_states, attention_mask = clusters.hidden_states, clusters.attention_mask
-                hidden_states = layer(hidden_states, attention_mask)  # CLIP layers are GradientCheckpointingLayers
+            for index, (layer, plan) in enumerate(zip(vision.encoder.layers, config.layer_plan())):
+                # The one place where tokens are reduced: what `layer_plan` says happens at this layer's input.
+                if plan.step == "cluster":
+                    self._check_finite(state.hidden_states, frame_mask, index)
+                    clusters = cluster_segments(state.hidden_states, config, padded, state.sizes)
+                    state = TokenState(clusters.hidden_states, clusters.sizes, clusters.token_mask)
+                elif plan.step is not None:
+                    state = merge_sequences(state, plan, padded)
+                if plan.step is not None:
+                    bias = attention_bias(state.mask, state.sizes, config.proportional_attention, state.hidden_states.dtype)
+                hidden_states = layer(state.hidden_states, bias)  # CLIP layers are GradientCheckpointingLayers
+                state = state._replace(hidden_states=hidden_states)
                 if all_states is not None:
                     all_states.append(hidden_states)
         finally:
             for hook in hooks:
                 hook.remove()
-        pooled = vision.post_layernorm(hidden_states[:, 0])
+        # One [CLS] per segment, or per frame with temporal merging (they lead each sequence, in frame order).
+        pooled = vision.post_layernorm(hidden_states[:, : config.layer_plan()[-1].protected]).flatten(0, 1)
         return (
             hidden_states,
             pooled,
@@ -296,8 +357,7 @@ class CenterCLIPModel(CLIPModel):
         if output_attentions is None:
             output_attentions = config.output_attentions
         batch, num_frames = pixel_values.shape[:2]
-        clustered = config.cluster_algo != "none"
-        segments_per_video = config.num_segments if clustered else num_frames
+        segments_per_video = config.num_segments if config.cluster_algo in SEGMENT_REDUCERS else num_frames
         segment_mask = video_mask.view(batch, segments_per_video, -1).any(dim=-1)  # [B, S]
 
         last_hidden_state, pooled, hidden_states, attentions, clusters = self._encode_frames(

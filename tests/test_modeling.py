@@ -166,9 +166,14 @@ def test_eager_and_sdpa_agree(clip_folder, algo):
     torch.testing.assert_close(outputs["eager"], outputs["sdpa"], atol=1e-5, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_same_gradients():
+REDUCER_SETTINGS = [{}, dict(cluster_algo="tome", merge_r=2, proportional_attention=True),
+                    dict(cluster_algo="temporal", merge_r=1, proportional_attention=True)]
+
+
+@pytest.mark.parametrize("settings", REDUCER_SETTINGS)
+def test_gradient_checkpointing_gives_same_gradients(settings):
     torch.manual_seed(0)
-    model = CenterCLIPModel(tiny_centerclip_config()).train()
+    model = CenterCLIPModel(tiny_centerclip_config(**settings)).train()
     x = inputs()
     grads = []
     for checkpointing in [False, True]:
@@ -181,10 +186,11 @@ def test_gradient_checkpointing_gives_same_gradients():
     torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("settings", REDUCER_SETTINGS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_autocast(dtype):
+def test_autocast(dtype, settings):
     torch.manual_seed(0)
-    model = CenterCLIPModel(tiny_centerclip_config())
+    model = CenterCLIPModel(tiny_centerclip_config(**settings))
     with torch.autocast("cpu", dtype=dtype):
         out = model(**inputs(), return_loss=True)
     assert torch.isfinite(out.loss)
@@ -223,14 +229,19 @@ def padded_variants(pixel_values, mask):
     return variants
 
 
+MERGING = dict(merge_r=2, proportional_attention=True)
+
+
 @pytest.mark.parametrize(
-    "algo, centers",
-    [("kmedoids", 6), ("spectral", 6), ("none", 6), ("kmedoids", 20), ("spectral", 20)],  # 20 > 16 real tokens
+    "algo, centers, extra",
+    [("kmedoids", 6, {}), ("spectral", 6, {}), ("none", 6, {}), ("kmedoids", 20, {}), ("spectral", 20, {}),  # 20 > 16 real
+     ("tome", 6, {}), ("tome", 20, {}), ("uniform", 6, {}), ("uniform", 20, {}), ("temporal", 6, {}),
+     ("tome", 6, MERGING), ("kmedoids", 6, MERGING), ("temporal", 6, MERGING), ("none", 6, MERGING)],
 )
-def test_padded_frames_change_nothing(algo, centers):
+def test_padded_frames_change_nothing(algo, centers, extra):
     """A short video's embedding is identical whatever its padded frames hold, also inside a segment."""
     torch.manual_seed(0)
-    model = CenterCLIPModel(tiny_centerclip_config(cluster_algo=algo, num_centers=centers)).eval()
+    model = CenterCLIPModel(tiny_centerclip_config(cluster_algo=algo, num_centers=centers, **extra)).eval()
     pixel_values = inputs(batch=3)["pixel_values"]
     # frame 3 pads segment 2 (one real frame); a video of one real frame; a full video.
     mask = torch.tensor([[True, True, True, False], [True, False, False, False], [True, True, True, True]])
@@ -239,15 +250,18 @@ def test_padded_frames_change_nothing(algo, centers):
         alone = model.get_video_features(pixel_values[2:], video_mask=mask[2:]).pooler_output
     for other in outputs[1:]:
         assert torch.equal(other.pooler_output, outputs[0].pooler_output)
-        if algo != "none":
+        if algo not in ("none", "temporal"):
             assert torch.equal(other.cluster_medoids, outputs[0].cluster_medoids)
     assert torch.isfinite(outputs[0].pooler_output).all()
     torch.testing.assert_close(outputs[0].pooler_output[2:], alone)  # padding elsewhere in the batch changes nothing
-    if algo != "none":
+    if algo not in ("none", "temporal"):
+        real = model.config.layer_plan()[model.config.cluster_layer - 1].tokens - 1  # patch tokens left per frame
         assignment = outputs[0].cluster_assignment
-        assert (assignment[0, 1, 16:] == -1).all() and (assignment[0, 1, :16] >= 0).all()
-        if centers <= 16:  # enough real tokens: every kept token comes from a real frame
-            assert (outputs[0].cluster_medoids[0, 1] < 16).all()
+        assert (assignment[0, 1, real:] == -1).all() and (assignment[0, 1, :real] >= 0).all()
+        if centers <= real:  # enough real tokens: every kept token comes from a real frame
+            assert (outputs[0].cluster_medoids[0, 1] < real).all()
+
+
 def test_wrong_frame_count_is_a_clear_error():
     model = CenterCLIPModel(tiny_centerclip_config())
     with pytest.raises(ValueError, match="num_frames"):

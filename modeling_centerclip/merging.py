@@ -1,0 +1,262 @@
+"""Token merging and keeping for CenterCLIP's reducers: bipartite soft matching (ToMe), uniform keep.
+
+Pure tensor functions with no model code (DESIGN.md, "Token reducers"). Shapes: B rows (frames, segments or
+groups of frames), N tokens per row, D features, R tokens merged away per row.
+
+Every token carries a size `s` (how many input patches it stands for, 1 at the start); a merge is the size-weighted
+mean `sum(s * x) / sum(s)` and sizes add up. A token mask (`mask [B, N]`, False = padding from padded frames)
+keeps padding apart from real tokens: padding is merged away first, never contributes to a real token, and a
+real token merged into padding (only when nothing else is left) is dropped, so padding content changes nothing
+and padding fills a budget only when there are too few real tokens. A row with no real token at all is treated as if every token were real.
+
+The first `protected` tokens of every row ([CLS] tokens) are never merged and keep their places. Every other
+token keeps its relative order: a merged token sits where its destination (the B-side token) was. Matching
+runs in fp32 under `torch.no_grad()`; gradients flow through the size-weighted merge. Ties go to the lowest
+index, so results are identical across runs and batch splits.
+"""
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+class Merged(NamedTuple):
+    """A reduced token set and where every input token went."""
+
+    tokens: torch.Tensor  # [B, M, D]
+    sizes: torch.Tensor  # [B, M] float, input patches each output token stands for
+    mask: torch.Tensor | None  # [B, M] bool, False for padding; None when every token is real
+    destination: torch.Tensor  # [B, N] int64, output slot of every input token (-1: padding left out)
+    kept: torch.Tensor  # [B, M] int64, input index of each output token's representative (ascending)
+
+
+def real_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask with rows that hold no real token made all real (they are computed as if unpadded)."""
+    if mask is None:
+        return None
+    mask = mask.bool()
+    return mask | ~mask.any(dim=1, keepdim=True)
+
+
+def bipartite_soft_matching(
+    metric: torch.Tensor, num_merged: int, *, protected: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round of ToMe's bipartite soft matching: which R tokens merge into which.
+
+    The unprotected tokens split alternately into A (even positions after the protected ones) and B (odd);
+    every A token's edge goes to its most similar B token (cosine of `metric`); the R best edges merge their A
+    token into its B partner, several A tokens may share one.
+
+    Args:
+        metric: `[B, N, C]` similarity features (hidden states or keys).
+        num_merged: R, at most the number of B tokens, `(N - protected) // 2`.
+        protected: leading tokens never merged.
+
+    Returns:
+        `(destination [B, N], keep [B, N])`: destination is the input index each token ends in (itself unless
+        merged), keep is True for the `N - R` tokens that stay.
+    """
+    batch, num_tokens, _ = metric.shape
+    a_idx = torch.arange(protected, num_tokens, 2, device=metric.device)
+    b_idx = torch.arange(protected + 1, num_tokens, 2, device=metric.device)
+    if not 0 <= num_merged <= len(b_idx):
+        raise ValueError(
+            f"num_merged={num_merged}: one round merges at most {len(b_idx)} of the {num_tokens - protected} "
+            "unprotected tokens"
+        )
+    destination = torch.arange(num_tokens, device=metric.device).expand(batch, -1).clone()
+    keep = torch.ones(batch, num_tokens, dtype=torch.bool, device=metric.device)
+    if num_merged == 0:
+        return destination, keep
+    with torch.no_grad(), torch.autocast(metric.device.type, enabled=False):
+        unit = F.normalize(metric.detach().float(), dim=-1, eps=1e-6).contiguous()
+        scores = unit[:, a_idx] @ unit[:, b_idx].transpose(1, 2)  # [B, A, B]
+        best, partner = scores.max(dim=2)  # ties: lowest B index
+        order = best.sort(dim=1, descending=True, stable=True).indices[:, :num_merged]  # ties: lowest A index
+        merged_a = a_idx[order]  # [B, R] input indices
+        destination.scatter_(1, merged_a, b_idx[partner.gather(1, order)])
+        keep.scatter_(1, merged_a, False)
+    return destination, keep
+
+
+def merge_into(tokens: torch.Tensor, sizes: torch.Tensor, destination: torch.Tensor, keep: torch.Tensor) -> Merged:
+    """Size-weighted merge of every token into `destination` (an input index whose token is kept).
+
+    Args:
+        tokens: `[B, N, D]`; sizes: `[B, N]`; destination: `[B, N]` int64; keep: `[B, N]` bool with the same
+            count M in every row.
+
+    Returns:
+        `Merged` with M tokens in input order (mask None).
+    """
+    batch, num_tokens, dim = tokens.shape
+    num_out = int(keep[0].sum())
+    slot = keep.long().cumsum(dim=1) - 1  # output slot of each kept token
+    out_slot = slot.gather(1, destination)  # [B, N]
+    weights = sizes.to(tokens.dtype)
+    summed = tokens.new_zeros(batch, num_out, dim).scatter_add(
+        1, out_slot[:, :, None].expand(-1, -1, dim), weights[:, :, None] * tokens
+    )
+    new_sizes = weights.new_zeros(batch, num_out).scatter_add(1, out_slot, weights)
+    kept = torch.arange(num_tokens, device=tokens.device).expand(batch, -1)[keep].view(batch, num_out)
+    return Merged(summed / new_sizes[:, :, None], new_sizes.to(sizes.dtype), None, out_slot, kept)
+
+
+def bipartite_merge(
+    tokens: torch.Tensor,
+    num_merged: int,
+    *,
+    sizes: torch.Tensor | None = None,
+    protected: int = 0,
+    metric: torch.Tensor | None = None,
+) -> Merged:
+    """One round of bipartite soft matching and the size-weighted merge: `[B, N, D]` -> `[B, N - R, D]`.
+
+    `metric` defaults to the tokens themselves; `sizes` to ones.
+    """
+    if sizes is None:
+        sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
+    destination, keep = bipartite_soft_matching(tokens if metric is None else metric, num_merged, protected=protected)
+    return merge_into(tokens, sizes, destination, keep)
+
+
+def merge_to_budget(
+    tokens: torch.Tensor,
+    budget: int,
+    *,
+    sizes: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
+    protected: int = 0,
+) -> Merged:
+    """Rounds of bipartite merging until exactly `budget` tokens are left (protected ones included).
+
+    Each round merges `min(N - budget, (N - protected) // 2)` tokens, the most one round allows. `destination`
+    and `kept` refer to the input tokens, composed over the rounds.
+
+    With a `mask`, padding takes no part: each row's real unprotected tokens are merged alone, as if the padding
+    were not there, and padding tokens (zeroed) fill the budget only when a row has too few real ones; the
+    padding left out gets destination -1. Protected tokens stay whether real or not.
+    """
+    batch, num_tokens, dim = tokens.shape
+    if not (protected < budget <= num_tokens or budget == num_tokens):
+        raise ValueError(f"budget={budget}: must be in [{protected + 1}, {num_tokens}] ({protected} protected)")
+    if sizes is None:
+        sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
+    mask = real_rows(mask)
+    if mask is not None and bool(mask[:, protected:].all()):
+        merged = merge_to_budget(tokens, budget, sizes=sizes, protected=protected)
+        return merged._replace(mask=mask.gather(1, merged.kept))
+    if mask is not None:
+        return _merge_real_tokens(tokens, budget, sizes, mask, protected)
+    index = torch.arange(num_tokens, device=tokens.device).expand(batch, -1)
+    merged = Merged(tokens, sizes, None, index, index)
+    while merged.tokens.shape[1] > budget:
+        count = merged.tokens.shape[1]
+        step = bipartite_merge(merged.tokens, min(count - budget, (count - protected) // 2), sizes=merged.sizes,
+                               protected=protected)  # fmt: skip
+        merged = Merged(step.tokens, step.sizes, None, step.destination.gather(1, merged.destination),
+                        merged.kept.gather(1, step.kept))  # fmt: skip
+    return merged
+
+
+def _merge_real_tokens(tokens, budget, sizes, mask, protected) -> Merged:
+    """`merge_to_budget` on rows with padding: rows with the same number of real tokens are merged together."""
+    batch, num_tokens, dim = tokens.shape
+    positions = torch.arange(num_tokens, device=tokens.device)
+    unprotected = mask.clone()
+    unprotected[:, :protected] = True
+    # Protected tokens, then real ones, then padding, each in input order.
+    order = torch.sort((~unprotected).long() * num_tokens + positions, dim=1).indices
+    num_real = unprotected.sum(dim=1)
+    out = Merged(
+        tokens.new_zeros(batch, budget, dim), sizes.new_ones(batch, budget), mask.new_ones(batch, budget),
+        positions.new_full((batch, num_tokens), -1), positions.new_zeros(batch, budget),
+    )  # fmt: skip
+    for count in num_real.unique().tolist():
+        rows = (num_real == count).nonzero().flatten()
+        row_order = order[rows]
+        if count >= budget:  # enough real tokens: merge them alone
+            taken = row_order[:, :count]
+            pick = lambda x: x[rows[:, None], taken]  # noqa: E731
+            sub = merge_to_budget(pick(tokens), budget, sizes=pick(sizes), protected=protected)
+            kept = taken.gather(1, sub.kept)
+            destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, taken, sub.destination)
+            sub_tokens, sub_sizes = sub.tokens, sub.sizes
+        else:  # too few: every real token, then the first padding tokens
+            kept = row_order[:, :budget].sort(dim=1).values
+            slots = torch.arange(budget, device=tokens.device).expand(len(rows), -1)
+            destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, kept, slots)
+            sub_tokens, sub_sizes = tokens[rows[:, None], kept], sizes[rows[:, None], kept]
+        kept_real = mask[rows[:, None], kept]
+        out.tokens[rows] = torch.where(kept_real[:, :, None], sub_tokens, 0)  # 0: masked keys, but 0 * NaN leaks
+        out.sizes[rows] = sub_sizes
+        out.mask[rows] = kept_real
+        out.destination[rows] = destination
+        out.kept[rows] = kept
+    return out
+
+
+def uniform_keep(
+    num_tokens: int, budget: int, mask: torch.Tensor | None = None, batch: int = 1, device: torch.device | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`budget` evenly spaced tokens of each row, and the kept token nearest to every token.
+
+    With a mask, the evenly spaced tokens are taken among the real tokens (padding fills in only when a row
+    has fewer real tokens than the budget); the i-th of n is token `floor((i + 0.5) * n / budget)`.
+
+    Returns:
+        `(kept [B, K] ascending, assignment [B, N])`: assignment is the index into `kept` of the nearest kept token
+        by position (ties: the earlier one), -1 for padding.
+    """
+    if not 1 <= budget <= num_tokens:
+        raise ValueError(f"budget={budget}: must be in [1, {num_tokens}]")
+    mask = real_rows(mask)
+    if mask is None:
+        mask = torch.ones(batch, num_tokens, dtype=torch.bool, device=device)
+    positions = torch.arange(num_tokens, device=mask.device)
+    # Real tokens first, each group in order: the first n entries of `order` are the real tokens.
+    order = torch.sort((~mask).long() * num_tokens + positions, dim=1).indices
+    real = mask.sum(dim=1, keepdim=True)
+    steps = torch.arange(budget, device=mask.device)
+    picks = torch.where(real >= budget, ((2 * steps + 1) * real) // (2 * budget), steps)  # [B, K]
+    kept = order.gather(1, picks).sort(dim=1).values
+    distance = (positions[None, :, None] - kept[:, None, :]).abs()  # [B, N, K]
+    assignment = distance.argmin(dim=2).masked_fill(~mask, -1)
+    return kept, assignment
+
+
+def cluster_sizes(sizes: torch.Tensor, assignment: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """Total size `[B, K]` of each cluster's tokens (`assignment [B, N]`, -1 = padding, counted nowhere);
+    an empty cluster (a padding medoid) gets size 1."""
+    summed = sizes.new_zeros(sizes.shape[0], num_clusters + 1).scatter_add(
+        1, torch.where(assignment < 0, num_clusters, assignment), sizes
+    )[:, :num_clusters]
+    return torch.where(summed > 0, summed, 1)
+
+
+def attention_bias(
+    mask: torch.Tensor | None, sizes: torch.Tensor | None, proportional: bool, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """Additive attention mask `[B, 1, 1, N]` for CLIP's attention: padding keys at the dtype's minimum and,
+    with proportional attention, `log(size)` of every key; None when it would be all zeros."""
+    bias = None
+    if proportional and sizes is not None and bool((sizes != 1).any()):
+        bias = sizes.to(dtype).log()
+    mask = real_rows(mask)
+    if mask is not None and not bool(mask.all()):
+        base = torch.zeros(mask.shape, dtype=dtype, device=mask.device) if bias is None else bias
+        bias = base.masked_fill(~mask, torch.finfo(dtype).min)
+    return None if bias is None else bias[:, None, None, :]
+
+
+__all__ = [
+    "Merged",
+    "attention_bias",
+    "bipartite_merge",
+    "bipartite_soft_matching",
+    "cluster_sizes",
+    "merge_into",
+    "merge_to_budget",
+    "real_rows",
+    "uniform_keep",
+]
