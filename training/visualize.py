@@ -90,11 +90,12 @@ def draw_clusters(frames: np.ndarray, video_mask: np.ndarray, medoids: np.ndarra
 
 def visualize(model, processor, video, output: str | Path, panel: int = 160) -> Path:
     """Run `model` on one video (path or `[frames, H, W, 3]` array) and write the picture to `output`."""
-    if model.config.cluster_algo == "none":
-        raise ValueError("cluster_algo='none' keeps every token: there is nothing to draw; use a clustered model")
     inputs = processor(videos=[video], return_tensors="pt")
     with torch.inference_mode():
         out = model.get_video_features(inputs["pixel_values"], inputs["video_mask"], output_clusters=True)
+    if out.cluster_medoids is None:
+        raise ValueError(f"cluster_algo={model.config.cluster_algo!r} reduces no segment at a cluster layer: there is "
+                         "nothing to draw; use a model with a cluster layer (kmedoids, spectral, tome, uniform)")
     mean = np.array(processor.image_mean).reshape(1, 3, 1, 1)
     std = np.array(processor.image_std).reshape(1, 3, 1, 1)
     frames = ((inputs["pixel_values"][0].numpy() * std + mean).clip(0, 1) * 255).round().astype(np.uint8)
