@@ -47,7 +47,7 @@ def frame_panel(frame: np.ndarray, assignment: np.ndarray, kept: np.ndarray, col
     for patch, cluster in enumerate(assignment):
         row, col = divmod(patch, grid)
         tint[round(row * cell) : round((row + 1) * cell), round(col * cell) : round((col + 1) * cell)] = colours[cluster]
-    image = (0.55 * image + 0.45 * tint).astype(np.uint8)
+    image = (0.7 * image + 0.3 * tint).astype(np.uint8)
     outline = Image.fromarray(image)
     draw = ImageDraw.Draw(outline)
     for patch in kept:
