@@ -347,16 +347,20 @@ def measure_quality(points: list[Point], seed: int, args, model_config: dict, co
     """Every point trained with one seed on the demo corpus, then each reducer on that trained baseline
     (training-free). Returns `({point: run}, {point: training-free run})`."""
     # One thread per worker: on an oversubscribed CPU, OpenMP threads waiting on each other cost more than they give.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    tokenizer, train, test = demo_data(args, model_config, corpus_settings)
-    quality, free = {}, {}
-    for point in points:
-        quality[point.name] = train_and_evaluate(point, seed, args, model_config, tokenizer, train, test)
-        print(f"  seed {seed}, {point.name}: t2v R@1 {quality[point.name]['t2v']['R@1']:.1f} "
-              f"(loss {quality[point.name]['final_loss']:.2f}, {quality[point.name]['train_time_s']:.0f} s)", flush=True)  # fmt: skip
-    for point in points[1:]:
-        free[point.name] = training_free(point, [seed], args, model_config, test)[0]
-    return quality, free
+    try:
+        tokenizer, train, test = demo_data(args, model_config, corpus_settings)
+        quality, free = {}, {}
+        for point in points:
+            quality[point.name] = train_and_evaluate(point, seed, args, model_config, tokenizer, train, test)
+            print(f"  seed {seed}, {point.name}: t2v R@1 {quality[point.name]['t2v']['R@1']:.1f} "
+                  f"(loss {quality[point.name]['final_loss']:.2f}, {quality[point.name]['train_time_s']:.0f} s)", flush=True)  # fmt: skip
+        for point in points[1:]:
+            free[point.name] = training_free(point, [seed], args, model_config, test)[0]
+        return quality, free
+    finally:  # --quick runs this in the calling process (the tests): leave its thread count as it was
+        torch.set_num_threads(threads)
 
 
 def summarise(runs: list[dict]) -> dict:
