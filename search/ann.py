@@ -12,11 +12,14 @@ renormalised), with the settings stored in the manifest.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 
 import faiss
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("flat", "ivf", "hnsw")
 TARGET_RECALL = 0.95
@@ -100,6 +103,9 @@ def build_index(vectors: np.ndarray, kind: str = "flat", k: int = 10, target: fl
         index, settings, fp16 = faiss.IndexFlatIP(vectors.shape[1]), {}, False
         index.add(vectors)
         recall = 1.0
+    if recall < target:  # the tuning hit its limit: say so rather than hand out a worse index silently
+        logger.warning("%s index: recall@10 %.3f stays below the target %.2f at %s; use --index ivf or flat",
+                       kind, recall, target, search_params)
     settings.update(search_params)
     return index, {"kind": kind, "storage": "fp16" if fp16 else "float32", "ntotal": int(index.ntotal),
                    **settings, "recall_at_10": recall, "target_recall_at_10": target, "build_s": build_s}  # fmt: skip
