@@ -237,8 +237,11 @@ class CenterCLIPModel(CLIPModel):
     main_input_name = "input_ids"
     input_modalities = ("video", "text")
 
-    def _check_video_inputs(self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None) -> torch.Tensor:
-        """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]`."""
+    def _check_video_inputs(
+        self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, bool]:
+        """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]` and
+        whether any frame is padding (one host sync for both checks, none without a mask)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: videos as [batch, frames, 3, H, W] (see CenterCLIPProcessor)")
         if pixel_values.ndim != 5:
@@ -251,22 +254,24 @@ class CenterCLIPModel(CLIPModel):
         if self.config.cluster_algo != "none" and num_frames != self.config.num_frames:
             raise ValueError(f"pixel_values has {num_frames} frames; config.num_frames={self.config.num_frames}")
         if video_mask is None:
-            return torch.ones(batch, num_frames, dtype=torch.bool, device=pixel_values.device)
+            return torch.ones(batch, num_frames, dtype=torch.bool, device=pixel_values.device), False
         if tuple(video_mask.shape) != (batch, num_frames):
             raise ValueError(
                 f"video_mask has shape {tuple(video_mask.shape)} but pixel_values {tuple(pixel_values.shape)} needs "
                 f"[batch, frames] = {(batch, num_frames)}"
             )
         video_mask = video_mask.to(device=pixel_values.device, dtype=torch.bool)
-        empty = (~video_mask.any(dim=1)).nonzero().flatten().tolist()
+        real_frames = video_mask.sum(dim=1).tolist()
+        empty = [index for index, count in enumerate(real_frames) if count == 0]
         if empty:
             raise ValueError(f"video_mask marks no real frame for the video(s) at batch index {empty}")
-        return video_mask
+        return video_mask, min(real_frames) < num_frames
 
     def _encode_frames(
         self,
         pixel_values: torch.Tensor,
         frame_mask: torch.Tensor,
+        has_padding: bool,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple | None, tuple | None, ClusteredSegments | None]:
@@ -289,7 +294,7 @@ class CenterCLIPModel(CLIPModel):
                     for layer in vision.encoder.layers
                 ]
         state, bias, clusters = TokenState(hidden_states, None, None), None, None
-        padded = None if bool(frame_mask.all()) else frame_mask
+        padded = frame_mask if has_padding else None
         try:
             for index, (layer, plan) in enumerate(zip(vision.encoder.layers, config.layer_plan())):
                 # The one place where tokens are reduced: what `layer_plan` says happens at this layer's input.
@@ -350,7 +355,7 @@ class CenterCLIPModel(CLIPModel):
             the final L2-normalisation, like `get_image_features`; `segment_embeds` the normalised segment
             embeddings.
         """
-        video_mask = self._check_video_inputs(pixel_values, video_mask)
+        video_mask, has_padding = self._check_video_inputs(pixel_values, video_mask)
         config = self.config
         if output_hidden_states is None:
             output_hidden_states = config.output_hidden_states
@@ -361,7 +366,7 @@ class CenterCLIPModel(CLIPModel):
         segment_mask = video_mask.view(batch, segments_per_video, -1).any(dim=-1)  # [B, S]
 
         last_hidden_state, pooled, hidden_states, attentions, clusters = self._encode_frames(
-            pixel_values.flatten(0, 1), video_mask.flatten(), output_hidden_states, output_attentions
+            pixel_values.flatten(0, 1), video_mask.flatten(), has_padding, output_hidden_states, output_attentions
         )
         segment_embeds = F.normalize(self.visual_projection(pooled), dim=-1).view(batch, segments_per_video, -1)
         # `where`, not a product: a padded segment's embedding may be anything, NaN included.

@@ -98,7 +98,8 @@ def build_index(vectors: np.ndarray, kind: str = "flat", k: int = 10, target: fl
     index, settings = _construct(kind, vectors, fp16)
     index.add(vectors)
     build_s = time.perf_counter() - start
-    search_params, recall = _tune(index, kind, vectors, k, target) if len(vectors) else ({}, 1.0)
+    exact = kind == "flat" and not fp16  # float32 exact search has recall 1 by definition: nothing to tune
+    search_params, recall = _tune(index, kind, vectors, k, target) if len(vectors) and not exact else ({}, 1.0)
     if fp16 and recall < target:  # fp16 storage not good enough for this library: store float32
         index, settings, fp16 = faiss.IndexFlatIP(vectors.shape[1]), {}, False
         index.add(vectors)

@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--batch_size", type=int, default=16)
     index.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding videos")
     index.add_argument("--chunk_size", type=int, default=256, help="videos per parquet part (the unit of resuming)")
-    index.add_argument("--rebuild", action="store_true", help="re-encode everything (e.g. with another model)")
+    index.add_argument("--rebuild", action="store_true",
+                       help="accept an index made with another model: its rows are dropped and the library re-encoded "
+                       "(rows of the same model are reused: they would come out the same)")
     index.add_argument("--split", help="index only this split of a corpus or videofolder (default: all)")
     for key in CORPUS_KEYS:
         index.add_argument(f"--{key}", help="corpus option (as in training)")

@@ -56,7 +56,9 @@ def load_processor(model_dir: Path, config: CenterCLIPConfig) -> CenterCLIPProce
     except (OSError, ValueError, TypeError):
         from transformers import CLIPTokenizer
 
-        processor = CenterCLIPProcessor(CLIPTokenizer.from_pretrained(model_dir))
+        from modeling_centerclip.processing_centerclip import PAPER_FPS
+
+        processor = CenterCLIPProcessor(CLIPTokenizer.from_pretrained(model_dir), fps=PAPER_FPS)  # as training does
     processor.num_frames = config.num_frames
     processor.image_size = config.vision_config.image_size
     return processor
