@@ -1,7 +1,7 @@
 """The model side of search: which model a library was indexed with, and the two towers that embed queries.
 
 A model is a CenterCLIP folder or Hub id, or a stock CLIP checkpoint with cluster overrides
-(`{"cluster_algo": "kmedoids", ...}`). Its *fingerprint* hashes the weight files, the model config (overrides
+(`{"cluster_algo": "kmedoids", ...}`). Its *fingerprint* hashes the weight files, the saved `config.json` (overrides
 included) and the processor's video settings: an index built with one fingerprint is only searched with the same.
 
 Text queries need only the tokenizer and the text tower: `TextEncoder` reads the `text_model.*` and
@@ -80,9 +80,12 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def fingerprint(model_dir: Path, config: CenterCLIPConfig, processor: CenterCLIPProcessor) -> str:
-    """sha256 of the weight files' bytes, the config and the processor's video settings (first 16 hex digits)."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in _VOLATILE_CONFIG_KEYS}
+def fingerprint(model_dir: Path, overrides: dict, processor: CenterCLIPProcessor) -> str:
+    """sha256 of the weight files' bytes, the saved config with the overrides and the processor's video settings
+    (first 16 hex digits). The config comes from the folder's `config.json`, not the loaded object, so a package
+    upgrade that adds config fields (at their no-op defaults) leaves existing indexes searchable."""
+    saved = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    settings = {k: v for k, v in {**saved, **overrides}.items() if k not in _VOLATILE_CONFIG_KEYS}
     settings["processor"] = {name: getattr(processor, name) for name in PROCESSOR_SETTINGS}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
     for path in weight_files(model_dir):
@@ -100,7 +103,7 @@ class ModelSpec:
         self.model_dir = resolve_model_dir(self.name)
         self.config = load_config(self.model_dir, self.overrides)
         self.processor = load_processor(self.model_dir, self.config)
-        self.fingerprint = fingerprint(self.model_dir, self.config, self.processor)
+        self.fingerprint = fingerprint(self.model_dir, self.overrides, self.processor)
 
     def describe(self) -> dict:
         return {"name": self.name, "overrides": self.overrides, "fingerprint": self.fingerprint,

@@ -297,6 +297,20 @@ def test_model_mismatch_is_refused_naming_both(built, other_model_dir, library, 
 # ------------------------------------------------------------------------------------------- index kinds
 
 
+def test_fingerprint_follows_weights_overrides_and_saved_config_only(model_dir, tmp_path):
+    from search.models import ModelSpec
+
+    base = ModelSpec(str(model_dir)).fingerprint
+    assert ModelSpec(str(model_dir)).fingerprint == base
+    assert ModelSpec(str(model_dir), {"num_centers": 5}).fingerprint != base
+    copy = tmp_path / "copy"
+    shutil.copytree(model_dir, copy)
+    assert ModelSpec(str(copy)).fingerprint == base  # where the folder lives does not matter
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "num_centers": 5}))
+    assert ModelSpec(str(copy)).fingerprint == ModelSpec(str(model_dir), {"num_centers": 5}).fingerprint
+
+
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
 def test_approximate_indexes_are_tuned_to_the_recall_target(kind):
     from search.ann import build_index, recall_at_k, tuning_queries
