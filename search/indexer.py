@@ -12,6 +12,7 @@ deleted or changed files, builds the FAISS index and writes `manifest.json` last
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from modeling_centerclip.processing_centerclip import VideoDecodeError
 from training.data import SkippedVideo
+from training.frame_store import load_frame_store, row_model_inputs
 
 from . import __version__
 from .ann import build_index
@@ -49,14 +51,25 @@ class _DecodeVideos(Dataset):
         return len(self.videos)
 
     def __getitem__(self, index: int):
-        path = self.videos[index].path
+        video = self.videos[index]
+        path, store = video.path, video.metadata.get("frame_store")
         try:
-            pixel_values, video_mask = self.processor.load_video(path, name=path)
+            if store:  # a frame store row: its stored frames, sampled as the video's would be
+                row = _store_split(store, video.metadata["split"])[video.metadata["store_row"]]
+                pixel_values, video_mask = row_model_inputs(self.processor, row)
+            else:
+                pixel_values, video_mask = self.processor.load_video(path, name=path)
         except VideoDecodeError as error:
             return SkippedVideo(index, path, error.reason)
         except Exception as error:  # noqa: BLE001 -- one bad file must not stop a library of thousands
             return SkippedVideo(index, path, f"{type(error).__name__}: {error}")
         return index, pixel_values, video_mask
+
+
+@functools.cache
+def _store_split(store: str, split: str):
+    """One split of a frame store, opened once per DataLoader worker (memory-mapped, frames still encoded)."""
+    return load_frame_store(store)[split]
 
 
 def _collate(items: list) -> dict:

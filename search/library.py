@@ -3,7 +3,9 @@
 A source is
 - a folder of videos (searched recursively for the extensions in `training.corpora.VIDEO_EXTENSIONS`);
 - a videofolder (`metadata.jsonl` / `metadata.csv`): its captions and other fields become the metadata;
-- a corpus name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`) with the options training takes.
+- a corpus name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`) with the options training takes;
+- a frame store (`python -m training.prepare_frames`): its stored frames are encoded, not the video files, and
+  a row counts as changed when the store is prepared again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 from dataclasses import dataclass, field
 
 from training.corpora import CORPORA, METADATA_NAMES, VIDEO_EXTENSIONS, load_corpus
+from training.frame_store import FRAMES, STORE_FILE, is_frame_store
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,23 @@ def _from_corpus(corpus, split_name: str | None) -> list[LibraryVideo]:
     return list(videos.values())
 
 
+def _from_store(folder: str, split_name: str | None) -> list[LibraryVideo]:
+    """The rows of a frame store; `metadata["frame_store"]` tells the decoder where their frames are."""
+    corpus = load_corpus(folder)
+    if split_name is not None and split_name not in corpus:
+        raise ValueError(f"split {split_name!r} not in the frame store; it has {', '.join(corpus)}")
+    _, mtime = _stat(os.path.join(folder, STORE_FILE))
+    videos: dict[str, LibraryVideo] = {}
+    for name, split in corpus.items() if split_name is None else [(split_name, corpus[split_name])]:
+        for number, row in enumerate(split.select_columns([c for c in split.column_names if c != FRAMES])):
+            path = os.path.abspath(row["video"])
+            metadata = {k: v for k, v in row.items() if k != "video" and v is not None}
+            metadata.update(split=name, frame_store=os.path.abspath(folder), store_row=number)
+            videos.setdefault(path, LibraryVideo(path, str(row["video_id"]), 0, mtime, _caption_text(row["caption"]),
+                                                 json.loads(json.dumps(metadata, default=str))))  # fmt: skip
+    return list(videos.values())
+
+
 def _from_folder(folder: str) -> list[LibraryVideo]:
     videos = []
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -92,6 +112,9 @@ def list_library(source: str, split: str | None = None, **corpus_options) -> tup
     if source in CORPORA:
         videos = _from_corpus(load_corpus(source, **corpus_options), split)
         root = corpus_options.get("video_dir") or corpus_options.get("folder") or source
+    elif os.path.isdir(source) and is_frame_store(source):
+        root = source
+        videos = _from_store(source, split)
     elif os.path.isdir(source):
         root = source
         videos = _from_corpus(load_corpus(source), split) if _is_videofolder(source) else _from_folder(source)

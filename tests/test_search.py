@@ -235,6 +235,21 @@ def test_incremental_reindex_encodes_only_new_and_changed_files_and_drops_delete
     assert fresh["counts"]["videos"] == NUM_CLIPS
 
 
+def test_a_frame_store_indexes_like_its_videos(built, library, model_dir, tmp_path):
+    from modeling_centerclip import CenterCLIPProcessor
+    from training.prepare_frames import prepare_frames
+
+    processor = CenterCLIPProcessor.from_pretrained(model_dir)
+    store = tmp_path / "store"  # the frames the processor would sample, at its rate and size
+    prepare_frames(str(library), str(store), fps=processor.fps, size=processor.image_size, show_progress=False)
+    summary = index_folder(store, model_dir, tmp_path / "idx")
+    from_store, from_videos = stored_rows(tmp_path / "idx"), stored_rows(built)
+    assert sorted(from_store) == sorted(from_videos) and summary  # the corrupt file never reached the store
+    for path, embedding in from_videos.items():
+        assert 0.98 < float(from_store[path] @ embedding), path  # the same videos, up to the JPEG error
+    assert any(not np.array_equal(from_store[p], e) for p, e in from_videos.items()), "frames came from the store"
+
+
 def test_sigkill_mid_run_then_resume_equals_an_uninterrupted_run(built, library, model_dir, tmp_path):
     output = tmp_path / "idx"
     env = {**os.environ, "_CENTERCLIP_PAUSE_AFTER_PART": "60", "PYTHONPATH": str(REPO)}
