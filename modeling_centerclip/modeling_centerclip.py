@@ -293,10 +293,11 @@ class CenterCLIPModel(CLIPModel):
                     layer.self_attn.register_forward_hook(lambda module, args, output: attentions.append(output[1]))
                     for layer in vision.encoder.layers
                 ]
+        layer_plan = config.layer_plan()  # built once per forward: the loop and the pooling both follow it
         state, bias, clusters = TokenState(hidden_states, None, None), None, None
         padded = frame_mask if has_padding else None
         try:
-            for index, (layer, plan) in enumerate(zip(vision.encoder.layers, config.layer_plan())):
+            for index, (layer, plan) in enumerate(zip(vision.encoder.layers, layer_plan)):
                 # The one place where tokens are reduced: what `layer_plan` says happens at this layer's input.
                 if plan.step == "cluster":
                     self._check_finite(state.hidden_states, frame_mask, index)
@@ -314,7 +315,7 @@ class CenterCLIPModel(CLIPModel):
             for hook in hooks:
                 hook.remove()
         # One [CLS] per segment, or per frame with temporal merging (they lead each sequence, in frame order).
-        pooled = vision.post_layernorm(hidden_states[:, : config.layer_plan()[-1].protected]).flatten(0, 1)
+        pooled = vision.post_layernorm(hidden_states[:, : layer_plan[-1].protected]).flatten(0, 1)
         return (
             hidden_states,
             pooled,
