@@ -11,8 +11,11 @@ from conftest import coded_frames, pixel_values_to_rgb, read_frame_codes
 from transformers import AutoProcessor
 
 from modeling_centerclip import CenterCLIPProcessor
+from modeling_centerclip import processing_centerclip
 from modeling_centerclip.processing_centerclip import (
+    VideoDecodeError,
     candidate_frame_indices,
+    decode_images,
     resize_and_center_crop,
     sample_frame_indices,
 )
@@ -107,6 +110,57 @@ def test_frame_arrays_are_sampled_like_files(processor):
     assert read_frame_codes(pixel_values_to_rgb(out_np["pixel_values"][0], processor)).tolist() == [2, 7, 12, 17, 22, 27]
     assert out_torch["video_mask"].tolist() == [[True] * 4 + [False] * 2]
     assert read_frame_codes(pixel_values_to_rgb(out_torch["pixel_values"][0], processor)).tolist() == [0, 1, 2, 3, 3, 3]
+
+
+def encode(image, fmt: str = "JPEG", **options) -> bytes:
+    """An RGB / grayscale array or a PIL image -> the bytes of an image file."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    (image if isinstance(image, Image.Image) else Image.fromarray(image)).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def test_encoded_frames_decode_to_the_same_pixels_with_and_without_simplejpeg(monkeypatch):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = [rng.integers(0, 256, (24, 40, 3), dtype=np.uint8) for _ in range(3)]
+    frames = [encode(rgb[0], quality=95, subsampling=0),  # as a frame store writes them
+              {"bytes": encode(rgb[1], quality=80), "path": None},  # 4:2:0, as datasets' Image(decode=False) gives
+              encode(rgb[2][..., 0], quality=90),  # a grayscale JPEG
+              encode(rgb[0], fmt="PNG"),
+              Image.fromarray(rgb[1]),
+              encode(Image.fromarray(rgb[2]).convert("CMYK"), quality=95)]  # libjpeg-turbo gives no RGB: Pillow does
+    simplejpeg = processing_centerclip._simplejpeg
+    assert simplejpeg is not None, "simplejpeg (the video extra) should be installed"
+    decoded = []
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", lambda *a, _decode=simplejpeg.decode_jpeg, **k: decoded.append(
+        _decode(*a, **k)))
+    fast = decode_images(frames)
+    assert len(decoded) == 3  # the YCbCr and grayscale JPEGs; Pillow takes the CMYK one
+    monkeypatch.setattr(processing_centerclip, "_simplejpeg", None)
+    pillow = decode_images(frames)
+    assert fast.dtype == np.uint8 and fast.shape == (6, 24, 40, 3)
+    assert np.array_equal(fast, pillow)  # the same libjpeg-turbo decode, bit for bit
+    assert np.array_equal(fast[3], rgb[0])  # PNG is lossless
+    assert np.abs(fast[0].astype(int) - rgb[0]).mean() < 8  # and the JPEGs are the frames
+    assert np.array_equal(fast[2][..., 0], fast[2][..., 2])  # grayscale comes back as RGB
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_bad_encoded_frames_name_the_frame(fast, monkeypatch):
+    if not fast:
+        monkeypatch.setattr(processing_centerclip, "_simplejpeg", None)
+    good = encode(np.zeros((16, 16, 3), dtype=np.uint8))
+    with pytest.raises(VideoDecodeError, match=r"clip7 frame 1: not a decodable image"):
+        decode_images([good, good[: len(good) // 2]], name="clip7")  # truncated JPEG
+    with pytest.raises(VideoDecodeError, match=r"clip7 frame 1: not a decodable image"):
+        decode_images([good, b"not an image"], name="clip7")
+    with pytest.raises(VideoDecodeError, match=r"clip7: frames differ in size"):
+        decode_images([good, encode(np.zeros((16, 20, 3), dtype=np.uint8))], name="clip7")
 
 
 def test_resize_shorter_side_then_center_crop_then_clip_normalisation(processor):
