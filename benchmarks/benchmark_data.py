@@ -4,10 +4,10 @@ videos and from a frame store of the same clips (`training.prepare_frames`).
 Generates H.264 test videos (default 32 clips of 10 s, 320x240 at 30 fps, textured and moving so they do not
 compress to nothing), then runs `training.data.VideoTextDataset` + `collate_video_text` through a torch
 `DataLoader` exactly as training does (random frame per chunk, 12 frames, 224 px, CLIP normalisation).
-Steady-state clips/s counts from the first batch on (worker start-up is reported separately). The frame store
-is built from the same videos (3 fps, 224 px, default JPEG quality) and read the same way; its disk size per
-video gives the estimate for MSR-VTT (10k videos of 15 s on average), and its pixels are compared with the
-videos' (chunk centers, 0..255 levels).
+Steady-state clips/s counts from the first batch on (worker start-up is reported separately), over at least
+`--epochs` passes and `--min_seconds` seconds. The frame store is built from the same videos (3 fps, 224 px,
+default JPEG quality) and read the same way; its disk size per video gives the estimate for MSR-VTT (10k videos
+of 15 s on average), and its pixels are compared with the videos' (chunk centers, 0..255 levels).
 
     python benchmarks/benchmark_data.py                 # full run, prints a table, writes JSON
     python benchmarks/benchmark_data.py --quick         # seconds-long smoke run (used by the tests)
@@ -51,22 +51,24 @@ def make_test_video(path: str, seconds: float, width: int, height: int, fps: int
     write_mp4(path, frames, fps, options={"crf": "23", "preset": "veryfast", "g": str(2 * fps)})
 
 
-def measure_loader(dataset, batch_size: int, num_workers: int, epochs: int) -> dict:
-    """Clips/s through a DataLoader; the clock starts when the first batch arrives (steady state)."""
+def measure_loader(dataset, batch_size: int, num_workers: int, epochs: int, min_seconds: float = 0.0) -> dict:
+    """Clips/s through a DataLoader; the clock starts when the first batch arrives (steady state) and runs for at
+    least `epochs` passes and `min_seconds` (a fast source needs more passes for a steady figure)."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_video_text,
                         shuffle=False, persistent_workers=num_workers > 0)
     start = time.perf_counter()
-    first_batch_s, clips, steady_start = None, 0, None
-    for _ in range(epochs):
+    first_batch_s, clips, steady_start, passes = None, 0, None, 0
+    while passes < epochs or time.perf_counter() - steady_start < min_seconds:
         for batch in loader:
             if first_batch_s is None:
                 first_batch_s = time.perf_counter() - start
                 steady_start = time.perf_counter()
                 continue  # the first batch pays for worker start-up
             clips += batch["pixel_values"].shape[0]
+        passes += 1
     steady = time.perf_counter() - steady_start
-    return {"num_workers": num_workers, "clips_per_s": clips / steady, "clips_timed": clips,
-            "first_batch_s": first_batch_s, "batch_shape": list(batch["pixel_values"].shape)}
+    return {"num_workers": num_workers, "clips_per_s": clips / steady, "clips_timed": clips, "seconds_timed": steady,
+            "passes": passes, "first_batch_s": first_batch_s, "batch_shape": list(batch["pixel_values"].shape)}
 
 
 def measure_stages(paths: list[str], processor: CenterCLIPProcessor) -> dict:
@@ -108,8 +110,8 @@ def measure_frame_store(args, workdir: str, paths: list[str], captions: list[str
     dataset = VideoTextDataset(store_split, processor, training=True)
     runs = []
     for workers in args.workers:
-        row = {"source": "frame store", "decode_fps": args.store_fps, **measure_loader(dataset, args.batch_size,
-                                                                                       workers, args.epochs)}
+        stats = measure_loader(dataset, args.batch_size, workers, args.epochs, args.min_seconds)
+        row = {"source": "frame store", "decode_fps": args.store_fps, **stats}
         runs.append(row)
         print(f"frame store  workers={workers}  {row['clips_per_s']:7.1f} clips/s  "
               f"(first batch {row['first_batch_s']:.2f} s)", flush=True)
@@ -143,7 +145,7 @@ def run(args) -> dict:
         stages = measure_stages(paths[: min(8, len(paths))], processor)
         dataset = VideoTextDataset(split, processor, training=True)
         for workers in args.workers:
-            loader_stats = measure_loader(dataset, args.batch_size, workers, args.epochs)
+            loader_stats = measure_loader(dataset, args.batch_size, workers, args.epochs, args.min_seconds)
             row = {"decode_fps": fps if fps > 0 else None, **loader_stats, **stages}
             results["runs"].append({"source": "video", **row})
             print(f"fps={row['decode_fps'] or 'native':>6}  workers={workers}  {row['clips_per_s']:7.1f} clips/s  "
@@ -190,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num_frames", type=int, default=12)
     parser.add_argument("--image_size", type=int, default=224)
     parser.add_argument("--batch_size", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=2, help="passes over the clips, at least")
+    parser.add_argument("--min_seconds", type=float, default=8.0, help="steady-state seconds timed, at least")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--decode_fps", type=float, nargs="+", default=[0, 3], help="0 = every frame (native)")
     parser.add_argument("--store_fps", type=float, default=3.0, help="frame store fps (0: no frame store)")
@@ -203,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.quick:
         args.num_videos, args.seconds, args.width, args.height = 4, 1.0, 160, 120
-        args.batch_size, args.epochs, args.decode_fps = 2, 1, [0]
+        args.batch_size, args.epochs, args.min_seconds, args.decode_fps = 2, 1, 0.0, [0]
     threads = torch.get_num_threads()
     torch.set_num_threads(args.torch_threads or threads)
     try:
