@@ -2,7 +2,7 @@
 
 Shared by tests/test_clustering.py and tests/test_clustering_triton.py. Run as a script it compares the torch and
 the fused Triton backends on every case and prints the mismatches as JSON; it needs no pytest, so it also runs
-on a GPU machine: `PYTHONPATH=. python3 tests/clustering_cases.py cuda` (the tests run it on the CPU with
+on a GPU machine: `PYTHONPATH=. python3 tests/clustering_cases.py cuda --check` (the tests run it on the CPU with
 `TRITON_INTERPRET=1`).
 """
 
@@ -177,4 +177,12 @@ def run_equality_cases(device: str) -> dict:
 ALL_CASES = [*CASES, "batch_splits", "bf16_under_autocast", "spectral"]
 
 if __name__ == "__main__":
-    print(json.dumps(run_equality_cases(sys.argv[1] if len(sys.argv) > 1 else "cpu")))
+    # python clustering_cases.py [DEVICE] [--check]: the JSON report; --check also exits 1 when a case differs
+    # or the kernel did not run (for a run outside pytest, e.g. benchmarks/gpu_checks.sh).
+    args = [arg for arg in sys.argv[1:] if arg != "--check"]
+    report = run_equality_cases(args[0] if args else "cpu")
+    print(json.dumps(report))
+    if "--check" in sys.argv:
+        bad = sorted(name for name, result in report.items() if result["failures"] or not result["kernel_calls"])
+        print(f"{len(report) - len(bad)} of {len(report)} cases equal with the kernel used; differing: {bad}")
+        sys.exit(1 if bad else 0)
