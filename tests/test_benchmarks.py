@@ -55,3 +55,23 @@ def test_forced_clustering_backend_reaches_the_models_calls(monkeypatch):
             with pytest.raises(ValueError, match="TRITON_INTERPRET"):
                 cluster(tokens, 3)
     assert modeling.kmedoids is clustering.kmedoids and kmedoids(tokens, 3)[1].shape == (2, 3)
+
+
+def test_gpu_checks_script_runs_every_step_and_names_the_failed_ones(tmp_path):
+    """The one-call GPU script (benchmarks/gpu_checks.sh) goes on after a failing step and exits non-zero."""
+    import subprocess
+
+    python = tmp_path / "python"  # stands in for python3: the machine check works, every step fails but one
+    python.write_text('#!/bin/sh\ncase "$*" in *clustering_cases*) exit 0;; *pytest*|*benchmark_speed*) exit 3;; '
+                      'esac\necho "torch x"\n')
+    python.chmod(0o755)
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_checks.sh"
+    done = subprocess.run(["bash", str(script)], env={"PATH": "/usr/bin:/bin", "PY": str(python),
+                                                      "OUT": str(tmp_path / "out")},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "tests: rc=3" in done.stdout and "clustering_cuda: rc=0" in done.stdout
+    assert "benchmark_speed: rc=3" in done.stdout
+    assert done.stdout.strip().endswith("failed steps: tests benchmark_speed")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "benchmark_speed.log", "clustering_cuda.log", "machine.txt", "tests.log"]
