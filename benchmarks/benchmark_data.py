@@ -3,7 +3,8 @@ videos and from a frame store of the same clips (`training.prepare_frames`).
 
 Generates H.264 test videos (default 32 clips of 10 s, 320x240 at 30 fps, textured and moving so they do not
 compress to nothing), then runs `training.data.VideoTextDataset` + `collate_video_text` through a torch
-`DataLoader` exactly as training does (random frame per chunk, 12 frames, 224 px, CLIP normalisation).
+`DataLoader` exactly as training does (random frame per chunk, 12 frames, 224 px; uint8 batches, CLIP
+normalisation in the main process, where training runs it on its device).
 Steady-state clips/s counts from the first batch on (worker start-up is reported separately), over at least
 `--epochs` passes and `--min_seconds` seconds. The frame store is built from the same videos (3 fps, 224 px,
 default JPEG quality) and read the same way; its disk size per video gives the estimate for MSR-VTT (10k videos
@@ -52,8 +53,9 @@ def make_test_video(path: str, seconds: float, width: int, height: int, fps: int
 
 
 def measure_loader(dataset, batch_size: int, num_workers: int, epochs: int, min_seconds: float = 0.0) -> dict:
-    """Clips/s through a DataLoader; the clock starts when the first batch arrives (steady state) and runs for at
-    least `epochs` passes and `min_seconds` (a fast source needs more passes for a steady figure)."""
+    """Clips/s through a DataLoader plus the normalisation training does on its device (here the CPU); the clock
+    starts when the first batch arrives (steady state) and runs for at least `epochs` passes and `min_seconds` (a
+    fast source needs more passes for a steady figure)."""
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_video_text,
                         shuffle=False, persistent_workers=num_workers > 0)
     start = time.perf_counter()
@@ -64,7 +66,7 @@ def measure_loader(dataset, batch_size: int, num_workers: int, epochs: int, min_
                 first_batch_s = time.perf_counter() - start
                 steady_start = time.perf_counter()
                 continue  # the first batch pays for worker start-up
-            clips += batch["pixel_values"].shape[0]
+            clips += dataset.processor.normalize(batch["pixel_values"]).shape[0]
         passes += 1
     steady = time.perf_counter() - steady_start
     return {"num_workers": num_workers, "clips_per_s": clips / steady, "clips_timed": clips, "seconds_timed": steady,
@@ -107,7 +109,7 @@ def measure_frame_store(args, workdir: str, paths: list[str], captions: list[str
         from_video, _ = processor.load_video(row["video"])
         errors.append((from_store - from_video).abs() * torch.tensor(processor.image_std).view(1, 3, 1, 1) * 255)
     error = torch.stack(errors)
-    dataset = VideoTextDataset(store_split, processor, training=True)
+    dataset = VideoTextDataset(store_split, processor, training=True, do_normalize=False)
     runs = []
     for workers in args.workers:
         stats = measure_loader(dataset, args.batch_size, workers, args.epochs, args.min_seconds)
@@ -143,7 +145,7 @@ def run(args) -> dict:
         processor = CenterCLIPProcessor(tokenizer=tokenizer, num_frames=args.num_frames, image_size=args.image_size,
                                         fps=fps if fps > 0 else None)
         stages = measure_stages(paths[: min(8, len(paths))], processor)
-        dataset = VideoTextDataset(split, processor, training=True)
+        dataset = VideoTextDataset(split, processor, training=True, do_normalize=False)
         for workers in args.workers:
             loader_stats = measure_loader(dataset, args.batch_size, workers, args.epochs, args.min_seconds)
             row = {"decode_fps": fps if fps > 0 else None, **loader_stats, **stages}

@@ -105,8 +105,9 @@ class VideoIndex:
             return self.embedding(row)[None]
         if self._video_model is None:
             self._video_model = self.spec.load_video_model()
-        pixel_values, video_mask = self.spec.processor.load_video(video, name=os.fspath(video))
-        return video_embeddings(self._video_model, pixel_values[None], video_mask[None]).numpy()
+        processor = self.spec.processor
+        pixel_values, video_mask = processor.load_video(video, name=os.fspath(video), do_normalize=False)
+        return video_embeddings(self._video_model, processor, pixel_values[None], video_mask[None]).numpy()
 
     def row_of(self, video: str | os.PathLike) -> int | None:
         """The row of `video` if it is an indexed file (by absolute path), else None."""

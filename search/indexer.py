@@ -56,9 +56,9 @@ class _DecodeVideos(Dataset):
         try:
             if store:  # a frame store row: its stored frames, sampled as the video's would be
                 row = _store_split(store, video.metadata["split"])[video.metadata["store_row"]]
-                pixel_values, video_mask = row_model_inputs(self.processor, row)
-            else:
-                pixel_values, video_mask = self.processor.load_video(path, name=path)
+                pixel_values, video_mask = row_model_inputs(self.processor, row, do_normalize=False)
+            else:  # uint8 frames: `video_embeddings` normalises them on the device
+                pixel_values, video_mask = self.processor.load_video(path, name=path, do_normalize=False)
         except VideoDecodeError as error:
             return SkippedVideo(index, path, error.reason)
         except Exception as error:  # noqa: BLE001 -- one bad file must not stop a library of thousands
@@ -138,7 +138,7 @@ def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run
             logger.warning("skipping %s: %s", video.path, item.reason)
             skipped.append({"path": video.path, "size": video.size, "mtime_ns": video.mtime_ns, "reason": item.reason})
         if batch["index"]:
-            embeddings.append(video_embeddings(model, batch["pixel_values"], batch["video_mask"]))
+            embeddings.append(video_embeddings(model, spec.processor, batch["pixel_values"], batch["video_mask"]))
             kept.extend(videos[i] for i in batch["index"])
             encoded += len(batch["index"])
         progress.update(len(batch["index"]) + len(batch["skipped"]))

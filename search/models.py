@@ -158,8 +158,11 @@ class TextEncoder:
 
 
 @torch.inference_mode()
-def video_embeddings(model: CenterCLIPModel, pixel_values: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
-    """L2-normalised video embeddings `[B, dim]` float32 on the CPU."""
+def video_embeddings(model: CenterCLIPModel, processor, pixel_values: torch.Tensor, video_mask: torch.Tensor
+                     ) -> torch.Tensor:  # fmt: skip
+    """uint8 `pixel_values` `[B, T, 3, S, S]` (`do_normalize=False`, normalised here on the model's device) ->
+    L2-normalised video embeddings `[B, dim]` float32 on the CPU."""
     device = next(model.parameters()).device
-    features = model.get_video_features(pixel_values=pixel_values.to(device), video_mask=video_mask.to(device))
+    pixel_values = processor.normalize(pixel_values.to(device))
+    features = model.get_video_features(pixel_values=pixel_values, video_mask=video_mask.to(device))
     return F.normalize(features.pooler_output.float(), dim=-1).cpu()

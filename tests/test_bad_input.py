@@ -113,12 +113,13 @@ def test_training_data_path_skips_counts_and_logs_bad_videos(processor, mixed_sp
 
 
 def test_bad_videos_are_skipped_inside_dataloader_workers(processor, mixed_split):
-    dataset = VideoTextDataset(mixed_split, processor, training=True)
+    dataset = VideoTextDataset(mixed_split, processor, training=True, do_normalize=False)  # as training loads
     loader = DataLoader(dataset, batch_size=4, num_workers=1, collate_fn=collate_video_text)
     counter, sizes = SkipCounter(), []
     for batch in loader:  # the dataset, processor and tokenizer pickle into the worker
         counter.update(batch)
         sizes.append(batch["pixel_values"].shape[0])
+        assert batch["pixel_values"].dtype == torch.uint8  # normalised on the device, after the transfer
     assert sizes == [2, 2] and counter.count == 4
     assert sorted(counter.videos) == sorted(mixed_split["video"][1::2])
 

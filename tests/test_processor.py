@@ -163,6 +163,21 @@ def test_bad_encoded_frames_name_the_frame(fast, monkeypatch):
         decode_images([good, encode(np.zeros((16, 20, 3), dtype=np.uint8))], name="clip7")
 
 
+def test_uint8_pixel_values_normalised_later_equal_the_normalised_ones(processor, video_dir):
+    """`do_normalize=False` + `normalize` (what training, evaluation and indexing do on the device) gives exactly
+    the processor's own float32 pixel values, for files, frame arrays and encoded frames."""
+    videos = [str(video_dir / "clip30.mp4"), coded_frames(3, 40, 60), [encode(f) for f in coded_frames(8, 24, 24)]]
+    normalised = processor(videos=videos)["pixel_values"]
+    raw = processor(videos=videos, do_normalize=False)
+    assert raw["pixel_values"].dtype == torch.uint8 and raw["pixel_values"].shape == normalised.shape
+    assert torch.equal(processor.normalize(raw["pixel_values"]), normalised)
+    assert torch.equal(raw["video_mask"], processor(videos=videos)["video_mask"])
+    pixels, mask = processor.load_video(videos[1], do_normalize=False)
+    assert torch.equal(processor.normalize(pixels), processor.load_video(videos[1])[0])
+    with pytest.raises(ValueError, match=r"normalize takes uint8 pixel values .* got torch.float32"):
+        processor.normalize(normalised)  # normalising twice would be silently wrong
+
+
 def test_resize_shorter_side_then_center_crop_then_clip_normalisation(processor):
     frame = np.zeros((1, 40, 80, 3), dtype=np.uint8)  # wide frame: red side bands, white middle half
     frame[:, :, :20] = (255, 0, 0)

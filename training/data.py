@@ -1,10 +1,12 @@
 """The training data path: a corpus split + a `CenterCLIPProcessor` -> batches for `CenterCLIPModel`.
 
-    dataset = VideoTextDataset(corpus["train"], processor, training=True)
+    dataset = VideoTextDataset(corpus["train"], processor, training=True, do_normalize=False)
     loader = DataLoader(dataset, batch_size=32, shuffle=True, num_workers=2, collate_fn=collate_video_text)
     for batch in loader:
         if batch is None:          # every video of this batch failed to decode
             continue
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        batch["pixel_values"] = processor.normalize(batch["pixel_values"])  # uint8 -> float32 on the device
         outputs = model(**{k: batch[k] for k in MODEL_INPUT_NAMES}, return_loss=True)
 
 A video that cannot be decoded (missing, empty, truncated, not a video, no frames) is logged with its file and
@@ -47,18 +49,22 @@ class VideoTextDataset(Dataset):
         processor: a `CenterCLIPProcessor` (frames, image size, text length come from it).
         training: random frame per chunk and a random caption from a list; otherwise chunk centers and the
             first caption.
+        do_normalize: `False` keeps `pixel_values` uint8 (resized and cropped) for `processor.normalize` on the
+            device: 4x fewer bytes from the workers and to the GPU, and no float copies on the loader's cores.
 
-    Items are dicts: `input_ids` / `attention_mask` `[L]`, `pixel_values` `[T, 3, S, S]`, `video_mask` `[T]`,
+    Items are dicts: `input_ids` / `attention_mask` `[L]`, `pixel_values` `[T, 3, S, S]` (float32, or uint8 without
+    `do_normalize`), `video_mask` `[T]`,
     `index` (row in the split), `video_id`, `caption`; or a `SkippedVideo` when the video cannot be read.
     """
 
-    def __init__(self, split, processor, training: bool = True):
+    def __init__(self, split, processor, training: bool = True, do_normalize: bool = True):
         missing = {"video", "caption"} - set(split.column_names)
         if missing:
             raise ValueError(f"the split lacks the column(s) {sorted(missing)}; it has {split.column_names}")
         self.split = split
         self.processor = processor
         self.training = training
+        self.do_normalize = do_normalize
         self.num_skipped = 0  # counts skips in this process only; see `batch["skipped"]` for workers
 
     def __len__(self) -> int:
@@ -77,7 +83,8 @@ class VideoTextDataset(Dataset):
         row = self.split[int(index)]
         caption = self.pick_caption(row["caption"])
         try:
-            encoded = self.processor(text=[caption], videos=[video_input(row)], training=self.training)
+            encoded = self.processor(text=[caption], videos=[video_input(row)], training=self.training,
+                                     do_normalize=self.do_normalize)
         except VideoDecodeError as error:
             self.num_skipped += 1
             logger.warning("skipping video %s: %s", row["video"], error.reason)

@@ -166,8 +166,9 @@ def group_captions(split, max_videos: int | None = None) -> tuple[list[str], lis
 
 
 class _VideoFiles(torch.utils.data.Dataset):
-    """Decodes evaluation videos (chunk-center frames). A bad file is reported and yields blank frames with
-    `ok=False`, so the batch goes on and the video is left out of the metrics afterwards."""
+    """Decodes evaluation videos (chunk-center frames, uint8: `encode_videos` normalises them on the device). A
+    bad file is reported and yields blank frames with `ok=False`, so the batch goes on and the video is left out
+    of the metrics afterwards."""
 
     def __init__(self, paths: list[str], processor):
         self.paths, self.processor = paths, processor
@@ -179,11 +180,11 @@ class _VideoFiles(torch.utils.data.Dataset):
         from modeling_centerclip.processing_centerclip import VideoDecodeError
 
         try:
-            encoded = self.processor(videos=[self.paths[index]], training=False)
+            encoded = self.processor(videos=[self.paths[index]], training=False, do_normalize=False)
         except VideoDecodeError as error:
             logger.warning("evaluation: cannot decode %s (%s); it is left out", self.paths[index], error.reason)
             size, frames = self.processor.image_size, self.processor.num_frames
-            return torch.zeros(frames, 3, size, size), torch.ones(frames, dtype=torch.bool), False
+            return torch.zeros(frames, 3, size, size, dtype=torch.uint8), torch.ones(frames, dtype=torch.bool), False
         return encoded["pixel_values"][0], encoded["video_mask"][0], True
 
 
@@ -207,7 +208,8 @@ def encode_videos(model, processor, paths: list[str], batch_size: int = 32, num_
     embeddings, decoded, model_time = [], [], 0.0
     for pixel_values, video_mask, ok in tqdm(loader, desc="videos", disable=not show_progress):
         start = time.perf_counter()
-        features = model.get_video_features(pixel_values=pixel_values.to(device), video_mask=video_mask.to(device))
+        pixel_values = processor.normalize(pixel_values.to(device))
+        features = model.get_video_features(pixel_values=pixel_values, video_mask=video_mask.to(device))
         # pooler_output is the mean of normalised segment embeddings (normalised here, like CLIP's image features)
         embeddings.append(torch.nn.functional.normalize(features.pooler_output.float(), dim=-1).cpu())
         decoded.append(ok)

@@ -95,9 +95,10 @@ def video_input(row: dict):
     return row[FRAMES] if FRAMES in row else row["video"]
 
 
-def row_model_inputs(processor, row: dict, *, training: bool = False, generator=None):
+def row_model_inputs(processor, row: dict, *, training: bool = False, generator=None, do_normalize: bool = True):
     """A corpus or store row -> `(pixel_values [T, 3, S, S], video_mask [T])` through `processor`."""
-    return processor.load_video(video_input(row), training=training, generator=generator, name=str(row["video"]))
+    return processor.load_video(video_input(row), training=training, generator=generator, name=str(row["video"]),
+                                do_normalize=do_normalize)
 
 
 class StoredVideos(Sequence):
