@@ -28,3 +28,19 @@ def test_bad_arguments():
         train_clip_tokenizer([])
     with pytest.raises(ValueError, match="vocab_size"):
         train_clip_tokenizer(["a b"], vocab_size=100)
+
+
+def test_two_processes_train_the_same_tokenizer():
+    """The trainer numbers its alphabet in a per-process hash order; the ids must not depend on it."""
+    import subprocess
+    import sys
+
+    script = (
+        "from training.tokenizer import train_clip_tokenizer\n"
+        "captions = [f'a {c} {s} moves {d}, then it turns {e}' for c in ('red', 'blue', 'green') for s in"
+        " ('circle', 'square', '3', '7') for d in ('left', 'up') for e in ('white', 'purple')]\n"
+        "print(train_clip_tokenizer(captions, vocab_size=400).backend_tokenizer.to_str())\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=120)
+            for _ in range(3)]
+    assert runs[0].stdout and all(run.stdout == runs[0].stdout for run in runs)

@@ -21,8 +21,11 @@ def train_clip_tokenizer(
     id, would cut the caption short in the text tower. `vocab_size` bounds the trained part (a small corpus may
     stop short of it); the end-of-word byte symbols the corpus did not need come on top.
 
-    BPE training breaks frequency ties in an unspecified order, so train once and share the saved tokenizer
-    between processes and runs that must agree.
+    Token ids are canonical: the special tokens, then the symbols no merge produces (sorted), then each merge's
+    result in merge order. The trainer numbers its alphabet in hash-map order, which changes with every process,
+    so without this two trainings on the same captions gave different ids and a from-scratch model (the demo)
+    trained differently. The merges themselves come out the same here, but BPE breaks frequency ties in an
+    unspecified order, so still train once and share the saved tokenizer between processes that must agree.
     """
     texts = [text for text in texts if isinstance(text, str)]
     if not texts:
@@ -40,7 +43,19 @@ def train_clip_tokenizer(
         for token in (symbol, symbol + "</w>"):
             vocab.setdefault(token, len(vocab))
     merges = [tuple(pair) if isinstance(pair, list) else tuple(pair.split(" ")) for pair in bpe["merges"]]
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=canonical_ids(vocab, merges), merges=merges, model_max_length=model_max_length)
+
+
+def canonical_ids(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """The same tokens numbered independently of the trainer's order: specials, other symbols, merge results."""
+    specials = [token for token in SPECIAL_TOKENS if token in vocab]
+    results = [a + b for a, b in merges]
+    symbols = sorted(set(vocab) - set(specials) - set(results))
+    order = dict.fromkeys([*specials, *symbols, *(token for token in results if token in vocab)])
+    return {token: index for index, token in enumerate(order)}
+
+
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")  # ids 0 and 1, as in CLIP's own vocabulary
 
 
 # A folder holds a usable CLIP tokenizer with one of these file sets.
