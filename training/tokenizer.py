@@ -46,6 +46,9 @@ def train_clip_tokenizer(
     return CLIPTokenizer(vocab=canonical_ids(vocab, merges), merges=merges, model_max_length=model_max_length)
 
 
+SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")  # ids 0 and 1, as in CLIP's own vocabulary
+
+
 def canonical_ids(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
     """The same tokens numbered independently of the trainer's order: specials, other symbols, merge results."""
     specials = [token for token in SPECIAL_TOKENS if token in vocab]
@@ -53,9 +56,6 @@ def canonical_ids(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[
     symbols = sorted(set(vocab) - set(specials) - set(results))
     order = dict.fromkeys([*specials, *symbols, *(token for token in results if token in vocab)])
     return {token: index for index, token in enumerate(order)}
-
-
-SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")  # ids 0 and 1, as in CLIP's own vocabulary
 
 
 # A folder holds a usable CLIP tokenizer with one of these file sets.
