@@ -22,8 +22,10 @@ import faiss
 import numpy as np
 import torch
 
+from training.evaluate import video_embeddings
+
 from .ann import apply_settings
-from .models import ModelSpec, video_embeddings
+from .models import ModelSpec
 from .storage import read_manifest, read_rows
 
 

@@ -26,12 +26,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from modeling_centerclip.processing_centerclip import VideoDecodeError
 from training.data import SkippedVideo
+from training.evaluate import video_embeddings
 from training.frame_store import load_frame_store, row_model_inputs
 
 from . import __version__
 from .ann import build_index
 from .library import LibraryVideo, list_library
-from .models import ModelMismatchError, ModelSpec, video_embeddings
+from .models import ModelMismatchError, ModelSpec
 from .storage import (PARTS, IndexLock, list_parts, read_manifest, read_part_summary, read_rows, write_json,
                       write_part)  # fmt: skip
 

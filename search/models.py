@@ -155,14 +155,3 @@ class TextEncoder:
         # CLIPTextModelWithProjection.text_embeds is CLIPModel.get_text_features' projection of the EOS state.
         embeds = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds
         return F.normalize(embeds.float(), dim=-1)
-
-
-@torch.inference_mode()
-def video_embeddings(model: CenterCLIPModel, processor, pixel_values: torch.Tensor, video_mask: torch.Tensor
-                     ) -> torch.Tensor:  # fmt: skip
-    """uint8 `pixel_values` `[B, T, 3, S, S]` (`do_normalize=False`, normalised here on the model's device) ->
-    L2-normalised video embeddings `[B, dim]` float32 on the CPU."""
-    device = next(model.parameters()).device
-    pixel_values = processor.normalize(pixel_values.to(device))
-    features = model.get_video_features(pixel_values=pixel_values, video_mask=video_mask.to(device))
-    return F.normalize(features.pooler_output.float(), dim=-1).cpu()

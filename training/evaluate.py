@@ -197,21 +197,28 @@ def shard_bounds(num_items: int, batch_size: int, num_processes: int) -> list[tu
 
 
 @torch.inference_mode()
+def video_embeddings(model, processor, pixel_values: torch.Tensor, video_mask: torch.Tensor) -> torch.Tensor:
+    """uint8 `pixel_values` `[B, T, 3, S, S]` (`do_normalize=False`, normalised here on the model's device) ->
+    L2-normalised video embeddings `[B, dim]` float32 on the CPU (evaluation and the search index)."""
+    device = next(model.parameters()).device
+    pixel_values = processor.normalize(pixel_values.to(device))
+    features = model.get_video_features(pixel_values=pixel_values, video_mask=video_mask.to(device))
+    # pooler_output is the mean of normalised segment embeddings (normalised here, like CLIP's image features)
+    return torch.nn.functional.normalize(features.pooler_output.float(), dim=-1).cpu()
+
+
+@torch.inference_mode()
 def encode_videos(model, processor, paths: list[str], batch_size: int = 32, num_workers: int = 0,
                   show_progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, float]:  # fmt: skip
     """L2-normalised video embeddings `[len(paths), D]` (float32, CPU), a `[len(paths)]` bool tensor that is
     False for videos that could not be decoded, and the seconds spent in the model."""
     from tqdm.auto import tqdm
 
-    device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(_VideoFiles(paths, processor), batch_size=batch_size, num_workers=num_workers)
     embeddings, decoded, model_time = [], [], 0.0
     for pixel_values, video_mask, ok in tqdm(loader, desc="videos", disable=not show_progress):
         start = time.perf_counter()
-        pixel_values = processor.normalize(pixel_values.to(device))
-        features = model.get_video_features(pixel_values=pixel_values, video_mask=video_mask.to(device))
-        # pooler_output is the mean of normalised segment embeddings (normalised here, like CLIP's image features)
-        embeddings.append(torch.nn.functional.normalize(features.pooler_output.float(), dim=-1).cpu())
+        embeddings.append(video_embeddings(model, processor, pixel_values, video_mask))
         decoded.append(ok)
         model_time += time.perf_counter() - start  # .cpu() above waits for the device
     if not embeddings:
