@@ -12,8 +12,25 @@ from training.corpora import CORPUS_KEYS
 
 from .ann import KINDS
 
-# Errors a user can act on: printed as one line, exit status 2 (a traceback means a bug).
-_USER_ERRORS = (FileNotFoundError, ValueError, RuntimeError)
+# Errors a user can act on: printed as one line, exit status 2 (a traceback means a bug). OSError covers a
+# read-only or full disk and an `--output` that is a file; its message names the file.
+_USER_ERRORS = (OSError, ValueError, RuntimeError)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
+
+
+def _megabytes(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 1 << 20:
+        raise argparse.ArgumentTypeError(f"a size in MB from 0 to 1048576, got {text!r}")
+    return int(value * (1 << 20))
 
 
 # Cluster settings a query or index run may override (a stock CLIP checkpoint becomes CenterCLIP with them).
@@ -50,8 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding videos")
     index.add_argument("--chunk_size", type=int, default=256, help="videos per parquet part (the unit of resuming)")
     index.add_argument("--rebuild", action="store_true",
-                       help="accept an index made with another model: its rows are dropped and the library re-encoded "
-                       "(rows of the same model are reused: they would come out the same)")
+                       help="accept an index made with another model or source (its rows are dropped and the library "
+                       "re-encoded; rows of the same model are reused: they would come out the same), and repair a "
+                       "damaged index folder (corrupt or missing manifest, parts or FAISS file; good parts are kept)")
+    index.add_argument("--add", action="store_true",
+                       help="index SOURCE beside the libraries already in the index (their rows are kept, and updated "
+                       "by each later run); without it another source is refused")
     index.add_argument("--split", help="index only this split of a corpus or videofolder (default: all)")
     for key in CORPUS_KEYS:
         index.add_argument(f"--{key}", help="corpus option (as in training)")
@@ -67,8 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = commands.add_parser("serve", help="a local web page to search an index")
     serve.add_argument("index_dir")
-    serve.add_argument("--port", type=int, default=7860)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only)")
+    serve.add_argument("--port", type=_port, default=7860)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only; then only "
+                       "localhost names are accepted in the Host header)")  # fmt: skip
+    serve.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
+                       help="a host name clients use to reach the page (repeatable); requests naming another Host are "
+                       "refused. Give it when binding beyond localhost (--host 0.0.0.0)")  # fmt: skip
+    serve.add_argument("--max-upload-mb", type=_megabytes, default=64 << 20, dest="max_upload_bytes",
+                       help="largest file a query upload may be, where the page has an upload control (default 64)")
     _add_query_model(serve)
     return parser
 
@@ -94,7 +121,7 @@ def run_index(args) -> dict:
     corpus_options = {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
     manifest = index_library(args.source, args.model, args.output, kind=args.index, overrides=_overrides(args),
                              corpus_options=corpus_options, batch_size=args.batch_size, num_workers=args.num_workers,
-                             chunk_size=args.chunk_size, rebuild=args.rebuild)  # fmt: skip
+                             chunk_size=args.chunk_size, rebuild=args.rebuild, add=args.add)  # fmt: skip
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -125,7 +152,8 @@ def run_search(args) -> list:
 def run_serve(args) -> None:
     from .app import serve
 
-    serve(_open_index(args), host=args.host, port=args.port)
+    serve(_open_index(args), host=args.host, port=args.port, allowed_hosts=args.allowed_hosts,
+          max_upload_bytes=args.max_upload_bytes)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -136,5 +164,5 @@ def main(argv: list[str] | None = None) -> None:
     try:
         commands[args.command](args)
     except _USER_ERRORS as error:
-        print(f"centerclip {args.command}: error: {error}", file=sys.stderr)
+        print(f"centerclip {args.command}: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
         sys.exit(2)

@@ -7,7 +7,13 @@
 
 Loading reads the manifest, the rows' metadata and the FAISS index; the model is loaded on the first query
 that needs it, and only the part it needs: the tokenizer and text tower for text, the full model for a video
-that is not in the index (an indexed video's stored embedding is used as is).
+that is not in the index (an indexed video's stored embedding is used as is, if the file there is still the one
+indexed: a replaced file is encoded again).
+
+Loading never sees a half-committed index: if a file the manifest lists vanishes while it is read (a writer
+committed and removed it), the new manifest is read again. A text query is stripped; an empty one, one longer
+than `max_query_chars` or not valid text is refused (`ValueError`); tokens beyond the model's `max_length` are
+cut by the tokenizer.
 """
 
 from __future__ import annotations
@@ -25,8 +31,29 @@ import torch
 from training.evaluate import video_embeddings
 
 from .ann import apply_settings
+from .library import file_stat
 from .models import ModelSpec
-from .storage import read_manifest, read_rows
+from .storage import INDEX_FILE, MANIFEST, PART_FILE, REPAIR_HINT, CorruptIndexError, inside, read_manifest, read_rows
+
+MAX_QUERY_CHARS = 1000  # a query is cut to the model's max_length tokens anyway (77 for CLIP): far fewer
+_LOAD_TRIES = 5
+
+
+def check_query(text, max_chars: int = MAX_QUERY_CHARS) -> str:
+    """The query stripped, or a `ValueError`: not text, empty, longer than `max_chars`, or not valid UTF-8 (a
+    byte string the shell could not decode arrives with surrogates)."""
+    if not isinstance(text, str):
+        raise ValueError(f"the query must be text, got {type(text).__name__}")
+    text = text.strip()
+    if not text:
+        raise ValueError("empty query: give some words to search for")
+    if len(text) > max_chars:
+        raise ValueError(f"the query is {len(text)} characters long; the limit is {max_chars}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("the query is not valid UTF-8 text") from None
+    return text
 
 
 @dataclass
@@ -49,20 +76,50 @@ class VideoIndex:
     def __init__(self, path: str | os.PathLike, model: str | None = None, overrides: dict | None = None,
                  allow_model_mismatch: bool = False):  # fmt: skip
         self.path = Path(path).resolve()
-        self.manifest = read_manifest(self.path)
-        table, _ = read_rows([self.path / part for part in self.manifest["parts"]], with_embeddings=False)
+        self.max_query_chars = MAX_QUERY_CHARS
+        for attempt in range(_LOAD_TRIES):
+            manifest_bytes = self._manifest_bytes()
+            try:
+                self._read(read_manifest(self.path))
+                break
+            except (FileNotFoundError, CorruptIndexError):
+                # a writer committed meanwhile and removed what the manifest we read listed: read the new one
+                if attempt + 1 == _LOAD_TRIES or self._manifest_bytes() == manifest_bytes:
+                    raise
+        self._model_request = (model, overrides, allow_model_mismatch)
+        self._spec = self._text_encoder = self._video_model = None
+
+    def _manifest_bytes(self) -> bytes | None:
+        try:
+            return (self.path / MANIFEST).read_bytes()
+        except OSError:
+            return None
+
+    def _read(self, manifest: dict) -> None:
+        parts = [inside(self.path, part, PART_FILE) for part in manifest["parts"]]
+        index_file = inside(self.path, manifest["index"]["file"], INDEX_FILE)
+        table, _ = read_rows(parts, with_embeddings=False)
+        self.manifest = manifest
         self.paths: list[str] = table.column("path").to_pylist()
         self.video_ids: list[str] = table.column("video_id").to_pylist()
         self.captions: list[str] = table.column("caption").to_pylist()
         self._metadata: list[str] = table.column("metadata").to_pylist()
+        self._states = list(zip(*(table.column(c).to_pylist() for c in ("size", "mtime_ns", "file_stat"))))
         self._row_of = {path: row for row, path in enumerate(self.paths)}
-        self.index = faiss.read_index(str(self.path / self.manifest["index"]["file"]))
-        if self.index.ntotal != len(self.paths):
-            raise ValueError(f"{self.path}: the FAISS index holds {self.index.ntotal} vectors but the parts "
-                             f"{len(self.paths)} rows; re-run `centerclip index` to rebuild it")  # fmt: skip
-        apply_settings(self.index, self.manifest["index"])
-        self._model_request = (model, overrides, allow_model_mismatch)
-        self._spec = self._text_encoder = self._video_model = None
+        if not index_file.is_file():
+            raise FileNotFoundError(f"{index_file}: the FAISS file the manifest names is missing; "
+                                    + REPAIR_HINT.format(dir=self.path))  # fmt: skip
+        try:
+            self.index = faiss.read_index(str(index_file))
+        except RuntimeError as error:  # faiss reports a bad file as a RuntimeError with its C++ trace
+            reason = str(error).strip().splitlines()[-1][:200] if str(error).strip() else "unreadable"
+            raise CorruptIndexError(f"{index_file}: not a readable FAISS index ({reason}); "
+                                    + REPAIR_HINT.format(dir=self.path)) from None  # fmt: skip
+        if self.index.ntotal != len(self.paths) or self.index.d != manifest["dim"]:
+            raise CorruptIndexError(f"{index_file}: holds {self.index.ntotal} vectors of width {self.index.d}, but "
+                                    f"the parts {len(self.paths)} rows of width {manifest['dim']}; "
+                                    + REPAIR_HINT.format(dir=self.path))  # fmt: skip
+        apply_settings(self.index, manifest["index"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> VideoIndex:
@@ -101,9 +158,10 @@ class VideoIndex:
         return self._text_encoder(texts).numpy()
 
     def encode_video(self, video: str) -> np.ndarray:
-        """An indexed video's stored embedding, or the model's embedding of any other file."""
+        """An indexed video's stored embedding (if the file is still the one indexed), or the model's embedding
+        of any other file."""
         row = self.row_of(video)
-        if row is not None:
+        if row is not None and self.is_unchanged(row, os.stat(self.paths[row])):
             return self.embedding(row)[None]
         if self._video_model is None:
             self._video_model = self.spec.load_video_model()
@@ -115,6 +173,15 @@ class VideoIndex:
         """The row of `video` if it is an indexed file (by absolute path), else None."""
         path = os.path.abspath(os.fspath(video))
         return self._row_of.get(path)
+
+    def is_unchanged(self, row: int, stat: os.stat_result) -> bool:
+        """Whether `stat` (of the file at the row's path, links followed; or `os.fstat` of it opened) is the
+        file indexed: same inode, size and mtime (size and mtime for rows of indexes made before inodes were
+        recorded). Frame-store rows recorded the source video's."""
+        size, mtime_ns, recorded = self._states[row]
+        if recorded:
+            return recorded == file_stat(stat)
+        return (size, mtime_ns) == (stat.st_size, stat.st_mtime_ns)
 
     def embedding(self, row: int) -> np.ndarray:
         return self.index.reconstruct(int(row))
@@ -128,6 +195,10 @@ class VideoIndex:
             raise ValueError("search needs exactly one of text=..., video=... or row=...")
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
+        if text is not None:
+            text = check_query(text, self.max_query_chars)
+        if row is not None and not 0 <= int(row) < len(self):
+            raise ValueError(f"row {row} is not in the index (0..{len(self) - 1})")
         with torch.inference_mode():
             if text is not None:
                 query = self.encode_text([text])
@@ -139,7 +210,15 @@ class VideoIndex:
 
     def search_embeddings(self, queries: np.ndarray, k: int = 10) -> list[list[SearchResult]]:
         """Search with L2-normalised query embeddings `[Q, dim]`."""
-        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), min(k, len(self)))
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.index.d:
+            raise ValueError(f"query embeddings have shape {queries.shape}, but {self.path} holds embeddings of width "
+                             f"{self.index.d} (a model with another embedding width cannot search this index)")  # fmt: skip
+        if not np.isfinite(queries).all():
+            raise ValueError("the query embedding is NaN or inf: check the query model's weights")
+        if len(self) == 0:
+            return [[] for _ in queries]
+        scores, rows = self.index.search(queries, min(k, len(self)))
         return [[self.result(int(r), float(s), rank) for rank, (s, r) in enumerate(zip(score, row), 1) if r >= 0]
                 for score, row in zip(scores, rows)]  # fmt: skip
 

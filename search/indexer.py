@@ -8,6 +8,11 @@ deleted or changed files, builds the FAISS index and writes `manifest.json` last
   (encoded, or recorded as undecodable) is not touched again.
 - Resumable: parts are whole files (temp + rename), so a run killed at any moment resumes from its finished
   parts; only the chunks in flight are encoded again.
+- One library per index unless said otherwise: a run with another source than the index's is refused unless
+  `add=True` (both libraries are kept and updated from then on) or `rebuild=True` (the old rows are dropped).
+- Repairable: `rebuild=True` ignores a corrupt or missing manifest, removes unreadable parts (their videos are
+  encoded again) and keeps every good part of the model; each commit removes what earlier runs left behind.
+- A model that embeds a video as NaN or inf stops the run naming the file: nothing non-finite is stored.
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ import time
 import uuid
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -31,10 +35,10 @@ from training.frame_store import load_frame_store, row_model_inputs
 
 from . import __version__
 from .ann import build_index
-from .library import LibraryVideo, list_library
+from .library import LibraryVideo, list_library, same_state, unique_ids
 from .models import ModelMismatchError, ModelSpec
-from .storage import (PARTS, IndexLock, list_parts, read_manifest, read_part_summary, read_rows, write_json,
-                      write_part)  # fmt: skip
+from .storage import (MANIFEST, PARTS, CorruptIndexError, IndexLock, list_parts, parts_folder, read_manifest,
+                      read_part_summary, read_rows, remove_leftovers, write_faiss, write_json, write_part)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -88,25 +92,106 @@ def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
 
 
-def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool) -> dict:
-    """What the run must encode: the library listing minus what finished parts of this model already cover."""
-    if (output / "manifest.json").is_file() and not rebuild:
-        previous = read_manifest(output)["model"]
-        if previous["fingerprint"] != spec.fingerprint:
-            raise ModelMismatchError(
-                f"{output} was indexed with model {previous['name']!r} (fingerprint {previous['fingerprint']}); "
-                f"{spec.name!r} has fingerprint {spec.fingerprint}. Pass --rebuild to re-encode the library "
-                f"with the new model, or choose another --output."
-            )
-    videos, root = list_library(source, **corpus_options)
-    covered = set()
+class NonFiniteEmbeddingError(ValueError):
+    """The model embedded a video as NaN or inf (broken weights): refused, naming the file."""
+
+
+def source_entry(source: str, corpus_options: dict) -> dict:
+    """How a manifest records a library: a folder by its absolute path, a corpus by name, with its options."""
+    source = os.fspath(source)
+    return {"source": os.path.abspath(source) if os.path.isdir(source) else source, "corpus_options": corpus_options}
+
+
+def _recorded_sources(manifest: dict) -> list[dict]:
+    if isinstance(manifest.get("sources"), list):
+        return manifest["sources"]
+    return [source_entry(str(manifest.get("source")), manifest.get("corpus_options") or {})]  # before `sources`
+
+
+def _describe(entry: dict) -> str:
+    options = " ".join(f"--{k} {v}" for k, v in entry["corpus_options"].items())
+    return f"{entry['source']}{' ' + options if options else ''}"
+
+
+def _sources(output: Path, spec: ModelSpec, new: dict, rebuild: bool, add: bool) -> list[dict]:
+    """The libraries this run indexes: the new one, with (`add`) or in place of (`rebuild`) the index's own."""
+    previous = None
+    if (output / MANIFEST).exists():
+        try:
+            previous = read_manifest(output)
+        except CorruptIndexError:
+            if not rebuild:
+                raise
+            logger.warning("%s is unreadable: rebuilding it from the parts and the source", output / MANIFEST)
+    if previous is None:
+        return [new]
+    if not rebuild and previous["model"]["fingerprint"] != spec.fingerprint:
+        recorded = previous["model"]
+        raise ModelMismatchError(
+            f"{output} was indexed with model {recorded['name']!r} (fingerprint {recorded['fingerprint']}); "
+            f"{spec.name!r} has fingerprint {spec.fingerprint}. Pass --rebuild to re-encode the library "
+            f"with the new model, or choose another --output."
+        )
+    recorded = _recorded_sources(previous)
+    if new in recorded:
+        return recorded
+    if add:
+        return [*recorded, new]
+    if rebuild:
+        return [new]
+    raise ValueError(
+        f"{output} indexes {'; '.join(_describe(e) for e in recorded)}, not {_describe(new)}. Pass --add to index "
+        f"both (the old rows are kept and updated with each run), --rebuild to replace them (the old rows are "
+        f"dropped), or choose another --output."
+    )
+
+
+def _read_summaries(output: Path, rebuild: bool) -> dict[Path, dict]:
+    """Every finished part's summary; an unreadable part is an error naming it, or with `rebuild` removed (its
+    videos are encoded again), as is a part holding a non-finite embedding."""
+    summaries = {}
     for part in list_parts(output):
-        summary = read_part_summary(part)
+        try:
+            summaries[part] = read_part_summary(part)
+            if rebuild:
+                _, vectors = read_rows([part])
+                if not np.isfinite(vectors).all():
+                    raise CorruptIndexError(f"{part}: holds non-finite embeddings")
+        except CorruptIndexError as error:
+            if not rebuild:
+                raise
+            logger.warning("removing %s (its videos are encoded again): %s", part, error)
+            summaries.pop(part, None)
+            part.unlink(missing_ok=True)
+    return summaries
+
+
+def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, add: bool) -> dict:
+    """What the run must encode: the libraries' listings minus what finished parts of this model already cover."""
+    sources = _sources(output, spec, source_entry(source, corpus_options), rebuild, add)
+    videos, skipped, roots, seen = [], [], [], set()
+    for entry in sources:
+        listing = list_library(entry["source"], **entry["corpus_options"])
+        videos += [video for video in listing.videos if video.path not in seen]
+        seen.update(video.path for video in listing.videos)
+        skipped += [{**record, "root": listing.root} for record in listing.skipped]
+        roots.append(listing.root)
+    if len(sources) > 1:
+        videos = unique_ids(videos, "/")
+    covered: dict[str, list] = {}
+    for summary in _read_summaries(output, rebuild).values():
         if summary["fingerprint"] == spec.fingerprint:
-            covered.update(tuple(state) for state in summary["states"])
-            covered.update((s["path"], s["size"], s["mtime_ns"]) for s in summary["skipped"])
-    todo = [video for video in videos if video.state not in covered]
-    return {"videos": videos, "todo": todo, "root": root, "run_id": run_id()}
+            for state in summary["states"]:
+                covered.setdefault(state[0], []).append(state)
+            for s in summary["skipped"]:
+                covered.setdefault(s["path"], []).append(_skipped_state(s))
+    todo = [video for video in videos if not any(same_state(s, video.state) for s in covered.get(video.path, ()))]
+    return {"videos": videos, "todo": todo, "roots": roots, "sources": sources, "listing_skipped": skipped,
+            "run_id": run_id()}  # fmt: skip
+
+
+def _skipped_state(record: dict) -> tuple:
+    return (record["path"], record["size"], record["mtime_ns"], record.get("file_stat", ""))
 
 
 def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run_id: str, rank: int,
@@ -137,9 +222,18 @@ def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run
         for item in batch["skipped"]:
             video = videos[item.index]
             logger.warning("skipping %s: %s", video.path, item.reason)
-            skipped.append({"path": video.path, "size": video.size, "mtime_ns": video.mtime_ns, "reason": item.reason})
+            skipped.append({"path": video.path, "size": video.size, "mtime_ns": video.mtime_ns,
+                            "file_stat": video.file_stat, "reason": item.reason})  # fmt: skip
         if batch["index"]:
-            embeddings.append(video_embeddings(model, spec.processor, batch["pixel_values"], batch["video_mask"]))
+            vectors = video_embeddings(model, spec.processor, batch["pixel_values"], batch["video_mask"])
+            finite = torch.isfinite(vectors).all(dim=1).tolist()
+            if not all(finite):
+                bad = [videos[i].path for i, ok in zip(batch["index"], finite) if not ok]
+                raise NonFiniteEmbeddingError(
+                    f"{bad[0]}: model {spec.name!r} embeds it as NaN or inf{f' (and {len(bad) - 1} more)' if bad[1:] else ''}; "
+                    "nothing non-finite is stored: check the model's weights"
+                )
+            embeddings.append(vectors)
             kept.extend(videos[i] for i in batch["index"])
             encoded += len(batch["index"])
         progress.update(len(batch["index"]) + len(batch["skipped"]))
@@ -151,8 +245,20 @@ def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run
     return encoded
 
 
-def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, corpus_options: dict,
-            encoded: int) -> dict:
+def _root_of(path: str, roots: list[str]) -> str | None:
+    return next((root for root in roots if os.path.isdir(root) and os.path.commonpath([root, path]) == root), None)
+
+
+def _skipped_entry(path: str, reason: str, roots: list[str]) -> dict:
+    root = _root_of(path, roots)
+    return {"path": path, "file_name": os.path.relpath(path, root) if root else os.path.basename(path), "reason": reason}
+
+
+def _current(path: str, current: dict, state) -> bool:
+    return path in current and same_state(state, current[path])
+
+
+def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, encoded: int) -> dict:
     """Keep the rows of current files (one per path), build the FAISS index, write the manifest, clean up."""
     current = {video.path: video.state for video in plan["videos"]}
     live, obsolete, taken, skipped = [], [], set(), {}
@@ -163,10 +269,10 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
             obsolete.append(part)
             continue
         keep = [i for i, state in enumerate(summary["states"])
-                if current.get(state[0]) == tuple(state) and state[0] not in taken]  # fmt: skip
+                if _current(state[0], current, state) and state[0] not in taken]  # fmt: skip
         taken.update(summary["states"][i][0] for i in keep)
         part_skipped = [s for s in summary["skipped"]
-                        if current.get(s["path"]) == (s["path"], s["size"], s["mtime_ns"]) and s["path"] not in taken]  # fmt: skip
+                        if _current(s["path"], current, _skipped_state(s)) and s["path"] not in taken]  # fmt: skip
         for record in part_skipped:
             skipped[record["path"]] = record
             taken.add(record["path"])
@@ -181,18 +287,22 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
             write_part(compacted, videos, vectors[keep], part_skipped, spec.fingerprint, spec.config.projection_dim)
             live.append(compacted)
 
-    _, vectors = read_rows(live)
+    table, vectors = read_rows(live)
     dim = spec.config.projection_dim
     vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():  # only a part written before this check could hold one
+        path = table.column("path")[int(np.argmin(finite))].as_py()
+        raise NonFiniteEmbeddingError(f"{path}: its stored embedding is NaN or inf; run again with --rebuild to "
+                                      "re-encode it")  # fmt: skip
     index, settings = build_index(vectors, kind if len(vectors) else "flat")
     index_file = f"index-{run_id}.faiss"
-    tmp = output / f".{index_file}.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, output / index_file)
-    previous_index = None
-    if (output / "manifest.json").is_file():
-        previous_index = read_manifest(output).get("index", {}).get("file")
-    root = plan["root"]
+    write_faiss(output / index_file, index)
+    roots = plan["roots"]
+    listed_skips = {r["path"]: r for r in plan["listing_skipped"] if r["path"] not in current}
+    every_skip = [_skipped_entry(s["path"], s["reason"], roots) for s in skipped.values()]
+    every_skip += [_skipped_entry(path, r["reason"], roots) for path, r in listed_skips.items() if path not in skipped]
+    first = plan["sources"][0]
     manifest = {
         "format_version": 1,
         "package_version": __version__,
@@ -200,31 +310,33 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
         "dim": dim,
         "metric": "inner_product",
         "normalized": True,
-        "library_root": root,
-        "source": source,
-        "corpus_options": corpus_options,
-        "counts": {"videos": len(vectors), "skipped": len(skipped), "listed": len(plan["videos"]),
+        "library_root": roots[0],
+        "source": first["source"],
+        "corpus_options": first["corpus_options"],
+        "sources": plan["sources"],
+        "counts": {"videos": len(vectors), "skipped": len(every_skip), "listed": len(plan["videos"]),
                    "encoded_this_run": encoded, "parts": len(live)},  # fmt: skip
-        "skipped": [{"path": s["path"], "file_name": os.path.relpath(s["path"], root) if os.path.isdir(root)
-                     else os.path.basename(s["path"]), "reason": s["reason"]} for s in sorted(skipped.values(), key=lambda s: s["path"])],  # fmt: skip
+        "skipped": sorted(every_skip, key=lambda s: s["path"]),
         "index": {**settings, "file": index_file},
         "parts": [str(part.relative_to(output)) for part in live],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    write_json(output / "manifest.json", manifest)  # the commit point
-    for part in obsolete:
+    write_json(output / MANIFEST, manifest)  # the commit point
+    for part in obsolete:  # found by listing parts/, never named by a manifest
         part.unlink(missing_ok=True)
-    if previous_index and previous_index != index_file:
-        (output / previous_index).unlink(missing_ok=True)
+    remove_leftovers(output, keep_index=index_file)
     return manifest
 
 
 def index_library(source: str, model: str, output: str | os.PathLike, *, kind: str = "flat",
                   overrides: dict | None = None, corpus_options: dict | None = None, batch_size: int = 16,
-                  num_workers: int = 2, chunk_size: int = 256, rebuild: bool = False, show_progress: bool = True) -> dict:
+                  num_workers: int = 2, chunk_size: int = 256, rebuild: bool = False, add: bool = False,
+                  show_progress: bool = True) -> dict:
     """Index (or update) the library `source` with `model` into the folder `output`; returns the manifest.
 
-    Runs in every process of an `accelerate launch`; each encodes its share, the main process commits.
+    `rebuild`: accept another model or source (the old rows are dropped) and repair a damaged folder; `add`:
+    index `source` beside the libraries already in the index. Runs in every process of an `accelerate launch`;
+    each encodes its share, the main process commits.
     """
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
@@ -239,6 +351,8 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
         raise RuntimeError(f"{launched} processes were launched, but Accelerate set up none of them as distributed; "
                            "on CPUs launch with `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N`")  # fmt: skip
     output = Path(output).resolve()
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} is a file, not an index folder")
     corpus_options = dict(corpus_options or {})
     spec = ModelSpec(model, overrides)
     lock = IndexLock(output)
@@ -246,8 +360,8 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
     if state.is_main_process:
         try:
             lock.__enter__()
-            (output / PARTS).mkdir(parents=True, exist_ok=True)
-            plan = _plan(output, spec, source, corpus_options, rebuild)
+            parts_folder(output)
+            plan = _plan(output, spec, source, corpus_options, rebuild, add)
             message = [plan]
         except Exception as error:
             message = [error]
@@ -273,7 +387,7 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
             dist.all_gather_object(counts, encoded)
         manifest = None
         if state.is_main_process:
-            manifest = _commit(output, spec, plan, kind, source, corpus_options, sum(counts))
+            manifest = _commit(output, spec, plan, kind, sum(counts))
         state.wait_for_everyone()
         return manifest if manifest is not None else read_manifest(output)
     finally:

@@ -382,14 +382,14 @@ def test_two_process_accelerate_launch_equals_one_process(built, library, model_
 def test_library_sources(library, tmp_path):
     from search.library import list_library
 
-    videos, root = list_library(str(library))
+    videos, root, _ = vars(list_library(str(library))).values()
     assert root == str(library) and len(videos) == NUM_CLIPS + 1
     assert {v.caption for v in videos if v.video_id == "broken"} == {"a corrupt file"}
     plain = tmp_path / "plain"
     shutil.copytree(library, plain)
     (plain / "metadata.jsonl").unlink()
     (plain / "notes.txt").write_text("not a video")
-    videos, _ = list_library(str(plain))
+    videos = list_library(str(plain)).videos
     assert [v.video_id for v in videos][-2:] == ["süb dir/vidéo 6", "süb dir/vidéo 7"] and len(videos) == NUM_CLIPS + 1
     with pytest.raises(FileNotFoundError, match="neither a folder nor a corpus"):
         list_library(str(tmp_path / "missing"))
