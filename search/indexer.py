@@ -18,6 +18,7 @@ deleted or changed files, builds the FAISS index and writes `manifest.json` last
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import time
@@ -168,10 +169,13 @@ def _read_summaries(output: Path, rebuild: bool) -> dict[Path, dict]:
 
 def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, add: bool) -> dict:
     """What the run must encode: the libraries' listings minus what finished parts of this model already cover."""
-    sources = _sources(output, spec, source_entry(source, corpus_options), rebuild, add)
+    new = source_entry(source, corpus_options)
+    listings = {json.dumps(new, sort_keys=True): list_library(source, **corpus_options)}  # a bad source fails first
+    sources = _sources(output, spec, new, rebuild, add)
     videos, skipped, roots, seen = [], [], [], set()
     for entry in sources:
-        listing = list_library(entry["source"], **entry["corpus_options"])
+        key = json.dumps(entry, sort_keys=True)
+        listing = listings[key] if key in listings else list_library(entry["source"], **entry["corpus_options"])
         videos += [video for video in listing.videos if video.path not in seen]
         seen.update(video.path for video in listing.videos)
         skipped += [{**record, "root": listing.root} for record in listing.skipped]
@@ -218,30 +222,32 @@ def _encode_share(output: Path, spec: ModelSpec, videos: list[LibraryVideo], run
             time.sleep(pause)
 
     progress = tqdm(total=len(videos), unit="video", desc=f"indexing (process {rank})", disable=not show_progress)
-    for batch in loader:
-        for item in batch["skipped"]:
-            video = videos[item.index]
-            logger.warning("skipping %s: %s", video.path, item.reason)
-            skipped.append({"path": video.path, "size": video.size, "mtime_ns": video.mtime_ns,
-                            "file_stat": video.file_stat, "reason": item.reason})  # fmt: skip
-        if batch["index"]:
-            vectors = video_embeddings(model, spec.processor, batch["pixel_values"], batch["video_mask"])
-            finite = torch.isfinite(vectors).all(dim=1).tolist()
-            if not all(finite):
-                bad = [videos[i].path for i, ok in zip(batch["index"], finite) if not ok]
-                raise NonFiniteEmbeddingError(
-                    f"{bad[0]}: model {spec.name!r} embeds it as NaN or inf{f' (and {len(bad) - 1} more)' if bad[1:] else ''}; "
-                    "nothing non-finite is stored: check the model's weights"
-                )
-            embeddings.append(vectors)
-            kept.extend(videos[i] for i in batch["index"])
-            encoded += len(batch["index"])
-        progress.update(len(batch["index"]) + len(batch["skipped"]))
-        if len(kept) + len(skipped) >= chunk_size:
+    try:
+        for batch in loader:
+            for item in batch["skipped"]:
+                video = videos[item.index]
+                logger.warning("skipping %s: %s", video.path, item.reason)
+                skipped.append({"path": video.path, "size": video.size, "mtime_ns": video.mtime_ns,
+                                "file_stat": video.file_stat, "reason": item.reason})  # fmt: skip
+            if batch["index"]:
+                vectors = video_embeddings(model, spec.processor, batch["pixel_values"], batch["video_mask"])
+                finite = torch.isfinite(vectors).all(dim=1).tolist()
+                if not all(finite):
+                    bad = [videos[i].path for i, ok in zip(batch["index"], finite) if not ok]
+                    raise NonFiniteEmbeddingError(
+                        f"{bad[0]}: model {spec.name!r} embeds it as NaN or inf{f' (and {len(bad) - 1} more)' if bad[1:] else ''}; "
+                        "nothing non-finite is stored: check the model's weights"
+                    )
+                embeddings.append(vectors)
+                kept.extend(videos[i] for i in batch["index"])
+                encoded += len(batch["index"])
+            progress.update(len(batch["index"]) + len(batch["skipped"]))
+            if len(kept) + len(skipped) >= chunk_size:
+                flush()
+        if kept or skipped:
             flush()
-    if kept or skipped:
-        flush()
-    progress.close()
+    finally:  # also when a batch is refused
+        progress.close()
     return encoded
 
 

@@ -132,6 +132,9 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
                       ("index", "kind"): str}.items():  # fmt: skip
         if not isinstance(manifest[key[0]].get(key[1]), kind):
             raise CorruptIndexError(f"{path}: field {'.'.join(key)!r} is missing or not a {kind.__name__}; {hint}")
+    inside(Path(index_dir), manifest["index"]["file"], INDEX_FILE)  # raise if it names anything but our files
+    for part in manifest["parts"]:
+        inside(Path(index_dir), part, PART_FILE)
     return manifest
 
 
