@@ -3,6 +3,7 @@ fingerprints, two processes, index kinds, and the web page in a real headless Ch
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -400,23 +401,32 @@ def test_library_sources(library, tmp_path):
 
 @pytest.fixture(scope="module")
 def server(built):
-    import uvicorn
-
     from search import VideoIndex
     from search.app import create_app
 
     index = VideoIndex.load(built)
+    with running(create_app(index)) as port:
+        yield index, f"http://127.0.0.1:{port}"
+
+
+@contextlib.contextmanager
+def running(app):
+    """`app` served by uvicorn on 127.0.0.1 in a thread (shut down, lifespan included, on exit); yields the port."""
+    import uvicorn
+
     port = free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(index), host="127.0.0.1", port=port, log_level="warning"))
+    uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60
     while not uv.started and time.monotonic() < deadline:
         time.sleep(0.1)
     assert uv.started
-    yield index, f"http://127.0.0.1:{port}"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield port
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
 
 
 def test_page_serves_indexed_videos_only(server, library, built):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_search import free_port, save_model, write_clip
+from test_search import running, save_model, write_clip
 
 SECRET = b"root:$6$not-a-video:19000:0:99999:7:::\n"
 
@@ -417,8 +417,6 @@ def _repoint_parts(idx: Path, old: Path, new: Path) -> None:
 def served(clips, model_dir, tmp_path_factory):
     """An index over a library holding a symlink to a clip outside it, served by uvicorn on 127.0.0.1 as
     `centerclip serve` would (localhost Host names only)."""
-    import uvicorn
-
     from search import VideoIndex
     from search.app import LOCAL_HOSTS, create_app
     from search.indexer import index_library
@@ -434,17 +432,8 @@ def served(clips, model_dir, tmp_path_factory):
     index_library(str(lib), str(model_dir), root / "idx", batch_size=2, num_workers=0, show_progress=False)
     index = VideoIndex.load(root / "idx")
     app = create_app(index, allowed_hosts=list(LOCAL_HOSTS))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert server.started
-    yield {"index": index, "port": port, "lib": lib, "outside": outside, "app": app, "clips": clips}
-    server.should_exit = True
-    thread.join(timeout=10)
+    with running(app) as port:
+        yield {"index": index, "port": port, "lib": lib, "outside": outside, "app": app, "clips": clips}
     assert not os.path.exists(app.state.temp_dir), "Gradio's temporary folder outlived the server"
 
 
@@ -516,12 +505,16 @@ def _replaced(served):
     return request(served["port"], "GET", f"/video/{row}")
 
 
-def _upload(served, size: int):
+def upload(port: int, size: int):
+    """POST one file of `size` zero bytes to Gradio's upload route."""
     boundary = "centerclipboundary"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.mp4\"\r\n"
             f"Content-Type: video/mp4\r\n\r\n").encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-    reply = request(served["port"], "POST", "/gradio_api/upload", body,
-                    {"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    return request(port, "POST", "/gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
+
+
+def _upload(served, size: int):
+    reply = upload(served["port"], size)
     leftovers = [p for p in Path(served["app"].state.temp_dir).rglob("*") if p.is_file()]
     assert not leftovers, leftovers
     return reply
@@ -595,10 +588,9 @@ def test_server_case(row: ServerRow, served):
     row.check(headers, body)
 
 
-def test_uploads_are_taken_within_the_cap_when_the_page_has_an_upload_control(served, tmp_path):
+def test_uploads_are_taken_within_the_cap_when_the_page_has_an_upload_control(served, monkeypatch):
     """The upload policy for pages with an upload component (the search-by-upload page): within the cap, not over."""
     import gradio as gr
-    import uvicorn
 
     from search import app as app_module
 
@@ -610,34 +602,12 @@ def test_uploads_are_taken_within_the_cap_when_the_page_has_an_upload_control(se
             gr.File(label="example")
         return blocks
 
-    app_module.build_blocks = with_upload
-    try:
-        app = app_module.create_app(served["index"], max_upload_bytes=1 << 20)
-    finally:
-        app_module.build_blocks = original
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.1)
-    try:
-        local = {**served, "port": port, "app": app}
-        boundary = "b0undary"
-
-        def upload(size):
-            body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"x.mp4\"\r\n\r\n"
-                    ).encode() + b"\0" * size + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
-            return request(port, "POST", "/gradio_api/upload", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"})
-
-        status, _, body = upload(1000)
+    monkeypatch.setattr(app_module, "build_blocks", with_upload)
+    app = app_module.create_app(served["index"], max_upload_bytes=1 << 20)
+    with running(app) as port:
+        status, _, body = upload(port, 1000)
         assert status == 200 and json.loads(body)[0].startswith(app.state.temp_dir), body
-        assert upload(2 << 20)[0] == 413  # over the cap
-        assert local
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        assert upload(port, 2 << 20)[0] == 413  # over the cap
     assert not os.path.exists(app.state.temp_dir)
 
 
