@@ -137,7 +137,7 @@ def _is_video_name(name: str) -> bool:
 
 def _walk(folder: str) -> tuple[list[str], list[dict]]:
     """The video files under `folder` (links followed, each real folder visited once, so a link loop ends) and
-    the skipped entries: dangling links with a video name and folders that cannot be listed."""
+    the skipped entries: dangling links and non-regular files with a video name, folders that cannot be listed."""
     files, skipped, seen = [], [], set()
     stack = [os.path.abspath(folder)]
     while stack:
@@ -165,8 +165,10 @@ def _walk(folder: str) -> tuple[list[str], list[dict]]:
                 is_folder = False
             if is_folder:
                 subfolders.append(entry.path)
-            elif _is_video_name(entry.name):
+            elif _is_video_name(entry.name) and entry.is_file():
                 files.append(entry.path)
+            elif _is_video_name(entry.name):  # a FIFO or device would block the decoder forever
+                skipped.append({"path": entry.path, "reason": "not a regular file"})
         stack.extend(reversed(subfolders))
     return files, skipped
 

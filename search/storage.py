@@ -42,7 +42,8 @@ SKIPPED_KEY = b"centerclip.skipped"
 # `file_stat` ("inode:size:mtime_ns" of the file at `path` when it was listed) tells whether the file there now is
 # still the one indexed (a replaced file or a repointed link is not); "" in parts written before it existed.
 ROW_COLUMNS = ("path", "video_id", "size", "mtime_ns", "caption", "metadata", "file_stat")
-INDEX_FILE = re.compile(r"index-[A-Za-z0-9_-]+\.faiss")
+# A run's index files: `index-<run>.faiss`, and any companion `index-<run>.<ext>` an index kind writes beside it.
+INDEX_FILE = re.compile(r"index-[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)+")
 PART_FILE = re.compile(r"parts/[A-Za-z0-9_-]+\.parquet")
 REPAIR_HINT = "run `centerclip index SOURCE --model MODEL --output {dir} --rebuild` to repair it (good parts are kept)"
 
@@ -139,11 +140,13 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
 
 
 def remove_leftovers(index_dir: Path, keep_index: str) -> list[str]:
-    """Remove what killed or failed runs left: temporary files, and FAISS files other than `keep_index`. Only
-    the folder's own entries are listed and unlinked (a link is removed, never followed). Call with the lock."""
+    """Remove what killed or failed runs left: temporary files, and index files of other runs than `keep_index`'s
+    (`index-<run>.*`). Only the folder's own entries are listed and unlinked (a link is removed, never
+    followed). Call with the lock."""
     removed = []
+    keep_run = keep_index.split(".")[0] + "."
     for folder, leftover in ((index_dir, lambda n: n.startswith(".") and ".tmp" in n or
-                              (INDEX_FILE.fullmatch(n) is not None and n != keep_index)),
+                              (INDEX_FILE.fullmatch(n) is not None and not n.startswith(keep_run))),
                              (index_dir / PARTS, lambda n: n.startswith(".") and ".tmp" in n)):  # fmt: skip
         if not folder.is_dir() or folder.is_symlink():
             continue

@@ -305,6 +305,14 @@ CLI_ROWS = [
         lambda c, out: (manifest_of(c.idx)["counts"]["videos"] == 3 or pytest.fail("videos"),
                         "skipped" in out and "gone.mp4" in out and "dangling" in out or pytest.fail(out),
                         [s["file_name"] for s in manifest_of(c.idx)["skipped"]] == ["gone.mp4"] or pytest.fail("skipped"))),
+    Row("a FIFO named like a video -> skipped as not a regular file, no hang",
+        lambda c: os.mkfifo(c.lib / "pipe.mp4"), _reindex_ok(), 0, "",
+        lambda c, out: [(s["file_name"], s["reason"]) for s in manifest_of(c.idx)["skipped"]]
+        == [("pipe.mp4", "not a regular file")] or pytest.fail(out)),
+    Row("a model of another embedding width with --rebuild -> the index is re-encoded at that width",
+        lambda c: None, lambda c: c.index("--rebuild", model=c.wide_model), 0, "",
+        lambda c, out: (manifest_of(c.idx)["dim"] == 24 or pytest.fail("dim"), c.search("a dog", "--model", c.wide_model)[0] == 0
+                        or pytest.fail("search"))),
     Row("videofolder: unlisted files indexed uncaptioned, corrupt and missing ones in skipped + summary",
         _videofolder, _reindex_ok(["--rebuild"]), 0, "",
         lambda c, out: _check_videofolder(c, out)),
