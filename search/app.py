@@ -314,6 +314,9 @@ def create_app(index, *, max_body_bytes: int = MAX_BODY_BYTES, max_upload_bytes:
         uploads = has_uploads(blocks)
         app = gr.mount_gradio_app(app, blocks, path="", css=CSS, allowed_paths=[],
                                   max_file_size=max_upload_bytes if uploads else 0)  # fmt: skip
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     finally:
         if previous_temp is None:
             os.environ.pop("GRADIO_TEMP_DIR", None)
