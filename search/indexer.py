@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modeling_centerclip.processing_centerclip import VideoDecodeError
+from training.corpora import CORPUS_KEYS
 from training.data import SkippedVideo
 from training.evaluate import video_embeddings
 from training.frame_store import load_frame_store, row_model_inputs
@@ -38,8 +39,9 @@ from . import __version__
 from .ann import build_index
 from .library import LibraryVideo, list_library, same_state, unique_ids
 from .models import ModelMismatchError, ModelSpec
-from .storage import (MANIFEST, PARTS, CorruptIndexError, IndexLock, list_parts, parts_folder, read_manifest,
-                      read_part_summary, read_rows, remove_leftovers, write_faiss, write_json, write_part)  # fmt: skip
+from .storage import (MANIFEST, PARTS, REPAIR_HINT, CorruptIndexError, IndexLock, list_parts, parts_folder,
+                      read_manifest, read_part_summary, read_rows, remove_leftovers, write_faiss, write_json,
+                      write_part)  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
@@ -103,10 +105,18 @@ def source_entry(source: str, corpus_options: dict) -> dict:
     return {"source": os.path.abspath(source) if os.path.isdir(source) else source, "corpus_options": corpus_options}
 
 
-def _recorded_sources(manifest: dict) -> list[dict]:
-    if isinstance(manifest.get("sources"), list):
-        return manifest["sources"]
-    return [source_entry(str(manifest.get("source")), manifest.get("corpus_options") or {})]  # before `sources`
+def _recorded_sources(output: Path, manifest: dict) -> list[dict]:
+    """The manifest's libraries, checked: they are listed again, so a tampered entry is an error naming it."""
+    if "sources" not in manifest:  # a manifest written before `sources`
+        return [source_entry(str(manifest.get("source")), manifest.get("corpus_options") or {})]
+    sources, allowed = manifest["sources"], {*CORPUS_KEYS, "split"}
+    for entry in sources if isinstance(sources, list) else [None]:
+        if not (isinstance(entry, dict) and isinstance(entry.get("source"), str)
+                and isinstance(entry.get("corpus_options"), dict) and set(entry["corpus_options"]) <= allowed
+                and all(isinstance(v, str) for v in entry["corpus_options"].values())):  # fmt: skip
+            raise CorruptIndexError(f"{output / MANIFEST}: entry {entry!r} of 'sources' is not a library "
+                                    "({'source': ..., 'corpus_options': {...}}); " + REPAIR_HINT.format(dir=output))  # fmt: skip
+    return sources
 
 
 def _describe(entry: dict) -> str:
@@ -133,7 +143,7 @@ def _sources(output: Path, spec: ModelSpec, new: dict, rebuild: bool, add: bool)
             f"{spec.name!r} has fingerprint {spec.fingerprint}. Pass --rebuild to re-encode the library "
             f"with the new model, or choose another --output."
         )
-    recorded = _recorded_sources(previous)
+    recorded = _recorded_sources(output, previous)
     if new in recorded:
         return recorded
     if add:
