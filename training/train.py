@@ -4,7 +4,7 @@
     python training/train.py --config training/configs/msvd_vitb32.yaml ... --dry_run   # print the plan only
 
 Settings, `--config` files and their validation live in `training.config`; checkpoints in `training.checkpoints`.
-Defaults follow the paper's recipe (DESIGN.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on
+Defaults follow the paper's recipe (docs/design.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on
 biases, norms and other 1-d parameters), lr 5e-6 for CLIP's weights and `new_learning_rate` for weights that
 stock CLIP lacks, 10 % linear warm-up then cosine decay, gradient-norm clip 1.0, mixed precision on GPUs,
 frozen embedding stems, `logit_scale` clamped at ln(100) after every step, one item per (video, caption) pair,
