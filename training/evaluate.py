@@ -18,7 +18,8 @@ Several captions per video (MSVD), two video->text protocols, both reported:
 each similarity is multiplied by the softmax, over the other side's queries, of `temperature * similarity`.
 
 With several processes (`accelerate launch`), each encodes its own block of whole video batches; the embeddings
-are gathered in order before ranking, so the result equals a one-process run exactly. A video that cannot be
+are gathered in order before ranking. They match a one-process run to float rounding (another process or thread
+count sums in another order), so the metrics are the same unless two scores are that close. A video that cannot be
 decoded is reported (its file and the reason), and it and its captions are left out of the metrics.
 """
 
