@@ -13,9 +13,13 @@ from training.cli_errors import add_debug_flag, run_cli
 from training.cli_parsers import (CLUSTER_ALGOS, CLUSTER_DISTANCES, CORPUS_KEYS, CORPUS_NAMES, INDEX_KINDS,
                                   HelpFormatter, add_corpus_options, new_parser)
 
-# Errors a user can act on besides ValueError and OSError (`training.cli_errors`): a locked index, Accelerate
-# launched without a distributed setup. Printed as one line, exit status 2.
-_USER_ERRORS = (RuntimeError,)
+
+def _user_errors() -> tuple:
+    """Errors a user can act on besides ValueError and OSError (`training.cli_errors`): another process holds
+    the index. Imported only when an error is reported."""
+    from .storage import IndexLockedError
+
+    return (IndexLockedError,)
 
 
 # Cluster settings a query or index run may override (a stock CLIP checkpoint becomes CenterCLIP with them).
@@ -161,4 +165,4 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = next((word for word in argv if not word.startswith("-")), "")
     prog = f"centerclip {command}" if command in ("index", "search", "serve") else "centerclip"
-    run_cli(prog, _run, argv, user_errors=_USER_ERRORS)
+    run_cli(prog, _run, argv, user_errors=_user_errors)

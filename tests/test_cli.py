@@ -127,6 +127,15 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_user_errors_too(capsys, monke
     monkeypatch.delenv(DEBUG_ENV, raising=False)
     with pytest.raises(KeyError):  # a bug: not caught
         run_cli("prog", failing(KeyError("x")), [])
+
+    class IndexLocked(RuntimeError):  # a command's own user error, its class looked up only when reported
+        pass
+
+    with pytest.raises(SystemExit):
+        run_cli("prog", failing(IndexLocked("held by pid 7")), [], user_errors=lambda: (IndexLocked,))
+    assert capsys.readouterr().err == "prog: error: held by pid 7\n"
+    with pytest.raises(RuntimeError, match="shapes"):  # any other RuntimeError is a bug
+        run_cli("prog", failing(RuntimeError("shapes cannot be multiplied")), [], user_errors=lambda: (IndexLocked,))
     with pytest.raises(ValueError, match="bad"):
         run_cli("prog", failing(ValueError("bad")), ["--debug"])
     monkeypatch.setenv(DEBUG_ENV, "1")

@@ -64,9 +64,10 @@ def require_model_folder(model: str, flag: str = "--model") -> None:
 
 
 def run_cli(prog: str, main: Callable[[list[str]], object], argv: Sequence[str] | None = None,
-            user_errors: tuple[type[BaseException], ...] = ()) -> object:  # fmt: skip
+            user_errors: tuple[type[BaseException], ...] | Callable[[], tuple] = ()) -> object:  # fmt: skip
     """Run `main(argv)` (default: `sys.argv[1:]`) as command `prog`: user errors (`USER_ERRORS` plus
-    `user_errors`) become one line and exit status 2; bugs and `--debug` keep the traceback."""
+    `user_errors`, or what that function returns: it runs only when an error is reported, so the classes can
+    live in heavy modules) become one line and exit status 2; bugs and `--debug` keep the traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return main(argv)
@@ -75,8 +76,9 @@ def run_cli(prog: str, main: Callable[[list[str]], object], argv: Sequence[str] 
             raise
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(INTERRUPTED_STATUS)
-    except (*USER_ERRORS, *user_errors) as error:
-        if debug_requested(argv):
+    except Exception as error:
+        extra = () if isinstance(error, USER_ERRORS) else user_errors() if callable(user_errors) else user_errors
+        if debug_requested(argv) or not isinstance(error, (*USER_ERRORS, *extra)):
             raise
         print(f"{prog}: error: {describe(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_STATUS)
