@@ -93,6 +93,9 @@ def test_mirrored_option_values_equal_their_originals():
     for name, original in MIRRORED.items():
         module, attribute = original.rsplit(".", 1)
         assert getattr(light, name) == getattr(importlib.import_module(module), attribute), name
+    corpus_options = argparse.ArgumentParser()
+    light.add_corpus_options(corpus_options)
+    assert tuple(action.dest for action in corpus_options._actions[1:]) == light.CORPUS_KEYS
 
 
 # ------------------------------------------------------------------------------------------ one-line errors
