@@ -13,7 +13,9 @@ MSVD); training picks one at random, evaluation uses them all. Evaluation splits
 
 The split files of the four benchmarks ship with the package (`training/splits/<corpus>/`, see its README) and
 are the default `splits_dir`; users bring the videos and the caption files the community does not redistribute
-with the splits (MSR-VTT's `MSRVTT_data.json`, MSVD's captions). Videos are found by id anywhere under `video_dir` (sub-folders too) with any of `VIDEO_EXTENSIONS`. Videos
+with the splits (MSR-VTT's `MSRVTT_data.json`, MSVD's captions).
+
+Videos are found by id anywhere under `video_dir` (sub-folders too) with any of `VIDEO_EXTENSIONS`. Videos
 that are not there are reported when the corpus is built (how many, the first few ids) and dropped, or raise
 with `on_missing="error"`; a corpus with no video at all always raises.
 """
