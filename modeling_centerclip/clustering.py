@@ -149,7 +149,7 @@ def kmedoids(
     check_every: int | None = None,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched k-medoids with deterministic KKZ initialisation (see DESIGN.md).
+    """Batched k-medoids with deterministic KKZ initialisation (see the project's docs/design.md).
 
     Args:
         tokens: `[B, N, D]` token features (any float dtype; computed in fp32).
@@ -220,7 +220,7 @@ def spectral_clustering(
             Laplacian rows become `3 * e_i`, above every real eigenvalue (at most 2), so the K smallest
             eigenvectors live on the real tokens.
         sigma: affinity bandwidth.
-        knn: neighbours per token; `None` keeps `min(N, 10)` (CenterCLIPModel passes DESIGN.md's default).
+        knn: neighbours per token; `None` keeps `min(N, 10)` (CenterCLIPModel passes the paper's default).
         max_iters: k-medoids rounds.
         backend: the k-medoids backend (see `kmedoids`).
 

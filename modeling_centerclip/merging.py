@@ -1,6 +1,6 @@
 """Token merging and keeping for CenterCLIP's reducers: bipartite soft matching (ToMe), uniform keep.
 
-Pure tensor functions with no model code (DESIGN.md, "Token reducers"). Shapes: B rows (frames, segments or
+Pure tensor functions with no model code (docs/design.md, "Other reducers"). Shapes: B rows (frames, segments or
 groups of frames), N tokens per row, D features, R tokens merged away per row.
 
 Every token carries a size `s` (how many input patches it stands for, 1 at the start); a merge is the size-weighted

@@ -1,6 +1,6 @@
 """PyTorch CenterCLIP: CLIP whose vision tower clusters the redundant tokens of consecutive video frames.
 
-The vision path (DESIGN.md): embed every frame, run the first `cluster_layer` encoder layers per frame,
+The vision path (docs/design.md): embed every frame, run the first `cluster_layer` encoder layers per frame,
 pool the patch tokens of each segment of `T / S` consecutive frames, keep the K medoid tokens of each
 segment plus the segment's mean [CLS], run the remaining layers on `[B*S, K+1, D]`, and average the
 normalised segment embeddings. Every module and weight is CLIP's own, so stock CLIP checkpoints load as is.

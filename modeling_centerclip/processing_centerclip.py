@@ -136,6 +136,7 @@ def open_video(path: str | os.PathLike, num_threads: int = 1):
         raise VideoDecodeError(path, "the file is empty (0 bytes)")
     import decord  # lazily: the model files must import without decord
 
+    decord.logging.set_level(decord.logging.QUIET)  # ffmpeg's stderr lines; a failure raises with its reason
     with decord_errors(path):
         reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
         if len(reader) < 1:

@@ -16,6 +16,14 @@ try:
 except PackageNotFoundError:  # run from a source tree that was not installed
     __version__ = "0+unknown"
 
-from .index import SearchResult, VideoIndex  # noqa: E402
+
+def __getattr__(name: str):
+    # Loaded on first use (torch, FAISS): `centerclip --help` and the CLI's argument errors answer at once.
+    if name in ("SearchResult", "VideoIndex"):
+        from . import index
+
+        return getattr(index, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["SearchResult", "VideoIndex", "__version__"]

@@ -65,6 +65,7 @@ def poster_jpeg(path: str, size: int = 320) -> bytes:
     import decord
     from PIL import Image
 
+    decord.logging.set_level(decord.logging.QUIET)  # ffmpeg's stderr lines
     reader = decord.VideoReader(path, num_threads=1)
     image = Image.fromarray(reader[len(reader) // 2].asnumpy())
     image.thumbnail((size * 4, size))

@@ -5,22 +5,21 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
-from modeling_centerclip.configuration_centerclip import CLUSTER_ALGOS, CLUSTER_DISTANCES
-from training.corpora import CORPUS_KEYS
-
-from .ann import KINDS
-
-# Errors a user can act on: printed as one line, exit status 2 (a traceback means a bug). OSError covers a
-# read-only or full disk and an `--output` that is a file; its message names the file.
-_USER_ERRORS = (OSError, ValueError, RuntimeError)
+# Light imports only: `centerclip --help` answers before torch, Transformers and FAISS load.
+from training.cli_errors import add_debug_flag, run_cli
+from training.cli_parsers import (CLUSTER_ALGOS, CLUSTER_DISTANCES, CORPUS_KEYS, CORPUS_NAMES, INDEX_KINDS,
+                                  HelpFormatter, add_corpus_options, new_parser)
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
-    return int(text)
+def _user_errors() -> tuple:
+    """Errors a user can act on besides ValueError and OSError (`training.cli_errors`): another process holds
+    the index. Imported only when an error is reported."""
+    from .storage import IndexLockedError
+
+    return (IndexLockedError,)
 
 
 def _megabytes(text: str) -> int:
@@ -34,13 +33,17 @@ def _megabytes(text: str) -> int:
 
 
 # Cluster settings a query or index run may override (a stock CLIP checkpoint becomes CenterCLIP with them).
-OVERRIDES = {"num_frames": dict(type=int), "cluster_algo": dict(choices=CLUSTER_ALGOS), "cluster_layer": dict(type=int),
-             "num_segments": dict(type=int), "num_centers": dict(type=int),
-             "cluster_distance": dict(choices=CLUSTER_DISTANCES)}  # fmt: skip
+OVERRIDES = {"num_frames": dict(type=int, help="frames per video"),
+             "cluster_algo": dict(choices=CLUSTER_ALGOS, help="token reducer"),
+             "cluster_layer": dict(type=int, help="vision layers run per frame before clustering"),
+             "num_segments": dict(type=int, help="segments of consecutive frames"),
+             "num_centers": dict(type=int, help="tokens kept per segment"),
+             "cluster_distance": dict(choices=CLUSTER_DISTANCES, help="k-medoids distance")}  # fmt: skip
 
 
 def _add_model_overrides(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("cluster overrides (turn a stock CLIP checkpoint into CenterCLIP)")
+    group = parser.add_argument_group("cluster overrides (turn a stock CLIP checkpoint into CenterCLIP; default: "
+                                      "the model's settings)")
     for key, options in OVERRIDES.items():
         group.add_argument(f"--{key}", **options)
 
@@ -51,19 +54,25 @@ def _overrides(args) -> dict | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="centerclip", description="Index a video library with CenterCLIP and "
-                                     "search it by text or by example.")  # fmt: skip
+    parser = new_parser(prog="centerclip", description="Index a video library with CenterCLIP and search it by "
+                        "text or by example.")  # fmt: skip
     commands = parser.add_subparsers(dest="command", required=True)
 
-    index = commands.add_parser("index", help="encode a library of videos into an index folder (incremental)")
-    index.add_argument("source", help="a folder of videos, a videofolder with metadata.jsonl, or a corpus name "
-                       "(msrvtt, msvd, lsmdc, activitynet, demo) with the corpus options")  # fmt: skip
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+        add_debug_flag(sub)
+        return sub
+
+    index = command("index", "encode a library of videos into an index folder (incremental)")
+    index.add_argument("source", help="a folder of videos, a videofolder with metadata.jsonl, a frame store "
+                       f"(python -m training.prepare_frames), or a corpus name ({CORPUS_NAMES}) with the corpus "
+                       "options")  # fmt: skip
     index.add_argument("--model", required=True, help="a CenterCLIP folder or Hub id, or a stock CLIP checkpoint "
                        "with cluster overrides")  # fmt: skip
     index.add_argument("--output", required=True, help="the index folder (created or updated)")
-    index.add_argument("--index", choices=KINDS, default="flat", help="exact inner product (default), IVF-Flat or "
+    index.add_argument("--index", choices=INDEX_KINDS, default="flat", help="exact inner product, IVF-Flat or "
                        "HNSW; search parameters are tuned to recall@10 >= 0.95 against exact")  # fmt: skip
-    index.add_argument("--batch_size", type=int, default=16)
+    index.add_argument("--batch_size", type=int, default=16, help="videos per encoding batch")
     index.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding videos")
     index.add_argument("--chunk_size", type=int, default=256, help="videos per parquet part (the unit of resuming)")
     index.add_argument("--rebuild", action="store_true",
@@ -74,30 +83,36 @@ def build_parser() -> argparse.ArgumentParser:
                        help="index SOURCE beside the libraries already in the index (their rows are kept, and updated "
                        "by each later run); without it another source is refused")
     index.add_argument("--split", help="index only this split of a corpus or videofolder (default: all)")
-    for key in CORPUS_KEYS:
-        index.add_argument(f"--{key}", help="corpus option (as in training)")
+    add_corpus_options(index.add_argument_group("corpus options (as in training)"))
     _add_model_overrides(index)
 
-    search = commands.add_parser("search", help="search an index by text or by an example video")
-    search.add_argument("index_dir")
+    search = command("search", "search an index by text or by an example video")
+    search.add_argument("index_dir", help="a folder written by centerclip index")
     search.add_argument("text", nargs="?", help="the text query")
     search.add_argument("--video", help="search by this example video instead of text")
     search.add_argument("-k", type=int, default=10, help="results to show")
     search.add_argument("--json", action="store_true", help="print the results as a JSON list")
     _add_query_model(search)
 
-    serve = commands.add_parser("serve", help="a local web page to search an index")
-    serve.add_argument("index_dir")
-    serve.add_argument("--port", type=_port, default=7860)
-    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: this machine only; then only "
-                       "localhost names are accepted in the Host header)")  # fmt: skip
+    serve = command("serve", "a local web page to search an index")
+    serve.add_argument("index_dir", help="a folder written by centerclip index")
+    serve.add_argument("--port", type=_port, default=7860, help="TCP port of the page (1-65535)")
+    serve.add_argument("--host", default="127.0.0.1", help="bind address (default: 127.0.0.1, this machine only; "
+                       "then only localhost names are accepted in the Host header)")  # fmt: skip
     serve.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
                        help="a host name clients use to reach the page (repeatable); requests naming another Host are "
                        "refused. Give it when binding beyond localhost (--host 0.0.0.0)")  # fmt: skip
-    serve.add_argument("--max-upload-mb", type=_megabytes, default=64 << 20, dest="max_upload_bytes",
-                       help="largest file a query upload may be, where the page has an upload control (default 64)")
+    serve.add_argument("--max-upload-mb", type=_megabytes, default=64 << 20, dest="max_upload_bytes", metavar="MB",
+                       help="largest file a query upload may be, where the page has an upload control (default: 64)")
     _add_query_model(serve)
     return parser
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"must be in 1-65535, got {port}")
+    return port
 
 
 def _add_query_model(parser: argparse.ArgumentParser) -> None:
@@ -156,13 +171,19 @@ def run_serve(args) -> None:
           max_upload_bytes=args.max_upload_bytes)
 
 
-def main(argv: list[str] | None = None) -> None:
+def _run(argv: list[str]) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.command == "index" else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    commands = {"index": run_index, "search": run_search, "serve": run_serve}
-    try:
-        commands[args.command](args)
-    except _USER_ERRORS as error:
-        print(f"centerclip {args.command}: error: {' '.join(str(error).splitlines())}", file=sys.stderr)
-        sys.exit(2)
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader logs every CPU variant it tries
+    if args.command != "index":  # results only: no weight-loading bar (read by Transformers when it loads)
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    {"index": run_index, "search": run_search, "serve": run_serve}[args.command](args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `centerclip` command: a user error is one line and exit status 2 (`training.cli_errors`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = next((word for word in argv if not word.startswith("-")), "")
+    prog = f"centerclip {command}" if command in ("index", "search", "serve") else "centerclip"
+    run_cli(prog, _run, argv, user_errors=_user_errors)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
+from training.cli_errors import require_model_folder
 
 PROCESSOR_SETTINGS = ("num_frames", "image_size", "max_length", "fps", "image_mean", "image_std", "resample")
 TEXT_PREFIXES = ("text_model.", "text_projection.")
@@ -36,8 +37,7 @@ def resolve_model_dir(model: str) -> Path:
     """A local folder as is; a Hub id through the local Hub cache (downloading configs and safetensors only)."""
     if os.path.isdir(model):
         return Path(model).resolve()
-    if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep in model.replace("/", ""):
-        raise FileNotFoundError(f"model folder {model!r} not found")
+    require_model_folder(model, "model")  # a path that is not there: says how to get one
     from huggingface_hub import snapshot_download
 
     return Path(snapshot_download(model, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model"]))

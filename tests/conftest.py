@@ -21,7 +21,7 @@ CAPTIONS = [
     "a yellow 7 moves down, then it turns white",
 ]
 
-SPLITS_DIR = Path(os.environ.get("CENTERCLIP_SPLITS_DIR", Path(__file__).resolve().parents[2] / "shared" / "splits"))
+SPLITS_DIR = Path(__file__).resolve().parents[1] / "training" / "splits"  # shipped with the package
 
 # Frame k of a `make_video` clip spells k in grey levels (luma survives H.264 best): the top half is
 # BASE + STEP * (k % 16), the bottom half BASE + STEP * (k // 16). Steps of 12 levels survive coding and resizing.
@@ -140,9 +140,9 @@ def write_audio(path) -> Path:
 
 @pytest.fixture(scope="session")
 def splits_dir() -> Path:
-    """The real benchmark split files (`../shared/splits`, or `$CENTERCLIP_SPLITS_DIR`)."""
+    """The real benchmark split files, shipped in `training/splits` (ActivityNet's gzipped)."""
     if not (SPLITS_DIR / "msrvtt" / "MSRVTT_JSFUSION_test.csv").is_file():
-        pytest.fail(f"benchmark split files not found at {SPLITS_DIR}; set CENTERCLIP_SPLITS_DIR")
+        pytest.fail(f"benchmark split files not found at {SPLITS_DIR}")
     return SPLITS_DIR
 
 

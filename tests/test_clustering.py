@@ -1,4 +1,4 @@
-"""k-medoids and spectral clustering against the specification in DESIGN.md."""
+"""k-medoids and spectral clustering against the specification in docs/design.md."""
 
 import pytest
 import torch

@@ -1,8 +1,10 @@
-"""Corpus loaders on the real split files (../shared/splits) with small generated stand-in videos."""
+"""Corpus loaders on the real split files (shipped in training/splits) with small generated stand-in videos."""
 
 import csv
+import gzip
 import json
 import logging
+import os
 import pickle
 
 import pytest
@@ -151,8 +153,8 @@ def test_lsmdc_parses_the_tab_separated_test_csv(splits_dir, tmp_path, tiny_vide
 
 
 def test_activitynet_builds_paragraphs_and_finds_ids_with_or_without_prefix(splits_dir, tmp_path, tiny_video_bytes):
-    train = json.load(open(splits_dir / "activitynet" / "train.json"))
-    val_1 = json.load(open(splits_dir / "activitynet" / "val_1.json"))
+    train = json.loads(gzip.decompress((splits_dir / "activitynet" / "train.json.gz").read_bytes()))
+    val_1 = json.loads(gzip.decompress((splits_dir / "activitynet" / "val_1.json.gz").read_bytes()))
     assert len(train) == 10009 and len(val_1) == 4917
     train_ids, test_ids = list(train)[:2], list(val_1)[:2]
     names = [f"{train_ids[0]}.mp4", f"{train_ids[1][2:]}.mkv", f"{test_ids[0]}.webm", f"{test_ids[1]}.mp4"]
@@ -164,6 +166,37 @@ def test_activitynet_builds_paragraphs_and_finds_ids_with_or_without_prefix(spli
     first = corpus["test"][0]
     assert first["caption"] == " ".join(s.strip() for s in val_1[test_ids[0]]["sentences"])
     assert "  " not in first["caption"] and first["duration"] == pytest.approx(val_1[test_ids[0]]["duration"])
+    # A user's own folder of plain JSON reads the same; a truncated gzip file is an error naming it.
+    own = tmp_path / "own_splits"
+    own.mkdir()
+    (own / "val_1.json").write_text(json.dumps(val_1))
+    assert load_activitynet(tmp_path / "videos", own)["test"]["video_id"] == test_ids
+    (own / "train.json.gz").write_bytes(gzip.compress(b'{"v_x": {}}')[:-9])
+    with pytest.raises(ValueError, match=r"train\.json\.gz: not a complete gzip file"):
+        load_activitynet(tmp_path / "videos", own)
+
+
+def test_benchmark_loaders_default_to_the_shipped_split_files(splits_dir, tmp_path, tiny_video_bytes):
+    """No `splits_dir`: every benchmark reads the split files that ship with the package (a fresh clone or an
+    installed package has them), through `load_corpus` as the command lines call it."""
+    from training.corpora import SPLITS_DIR
+
+    assert os.path.samefile(SPLITS_DIR, splits_dir)
+    test_ids = [r["video_id"] for r in csv.DictReader(open(splits_dir / "msrvtt" / "MSRVTT_JSFUSION_test.csv"))]
+    msvd_test = msvd_ids(splits_dir, "test_list.txt")
+    lsmdc_test = [line.split("\t")[0] for line in open(splits_dir / "lsmdc" / "LSMDC16_challenge_1000_publictect.csv")]
+    val_1 = json.loads(gzip.decompress((splits_dir / "activitynet" / "val_1.json.gz").read_bytes()))
+    place_videos(tmp_path / "videos", [f"{v}.mp4" for v in (test_ids[:2] + msvd_test[:2] + lsmdc_test[:2]
+                                                              + list(val_1)[:2])], tiny_video_bytes)  # fmt: skip
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps({v: ["a caption"] for v in msvd_test}))
+    videos = str(tmp_path / "videos")
+    assert load_corpus("msrvtt", video_dir=videos)["test"]["video_id"] == test_ids[:2]  # no MSRVTT_data.json: test
+    assert load_corpus("msvd", video_dir=videos, captions_file=str(captions))["test"]["video_id"] == msvd_test[:2]
+    assert load_corpus("lsmdc", video_dir=videos)["test"]["video_id"] == lsmdc_test[:2]
+    assert load_corpus("activitynet", video_dir=videos)["test"]["video_id"] == list(val_1)[:2]
+    with pytest.raises(ValueError, match="captions_file is required"):
+        load_corpus("msvd", video_dir=videos)
 
 
 # ------------------------------------------------------------------------------------------------ videofolder

@@ -1,5 +1,6 @@
 """Evaluation protocols with hand-computed ranks (duplicate captions, CLIP4Clip video->text, dual softmax),
-bad test videos, saved embeddings, and two-process evaluation equal to one-process evaluation."""
+bad test videos, saved embeddings, and two-process evaluation matching one-process evaluation (float tolerance
+for the embeddings, equal ranks)."""
 
 import json
 import logging
@@ -167,8 +168,20 @@ def _eval_worker(rank: int, world_size: int, port: int, model_dir: str, rows: li
     accelerator.end_training()
 
 
+# Two 1-thread processes and this (multi-thread) process run different kernels and summation orders, so their
+# embeddings agree to float32 rounding, not bit for bit; ids and order are exact by construction.
+EMBEDDING_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def _smallest_gap(scores: torch.Tensor) -> float:
+    """The smallest difference between two scores that compete in a ranking: in a row (t2v) or a column (v2t)."""
+    gaps = [(m[:, :, None] - m[:, None, :]).abs().masked_fill(torch.eye(m.shape[1], dtype=torch.bool), float("inf"))
+            for m in (scores, scores.t())]  # fmt: skip
+    return min(gap.min().item() for gap in gaps)
+
+
 @pytest.mark.timeout(240)
-def test_two_process_evaluation_equals_one_process_exactly(saved_model, test_rows, tmp_path):
+def test_two_process_evaluation_matches_one_process_within_float_tolerance(saved_model, test_rows, tmp_path):
     from safetensors.torch import load_file
 
     model, processor = _load(saved_model)
@@ -176,11 +189,18 @@ def test_two_process_evaluation_equals_one_process_exactly(saved_model, test_row
                             save_embeddings_to=str(tmp_path / "single"))  # fmt: skip
     mp.start_processes(_eval_worker, args=(2, _free_port(), saved_model, test_rows, str(tmp_path)), nprocs=2,
                        join=True, start_method="spawn")  # fmt: skip
+    one, two = load_file(tmp_path / "single" / "embeddings.safetensors"), load_file(tmp_path / "emb" / "embeddings.safetensors")
+    assert one.keys() == two.keys()
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], **EMBEDDING_TOLERANCE, msg=lambda m: f"{name}: {m}")
+    # The ranks are equal when no two competing scores are closer than the scores moved; this data has no such
+    # near-tie (checked, so a fixture change cannot make the comparison flaky), so the reports must be equal.
+    scores = {k: e["text_embeds"].float() @ e["video_embeds"].float().t() for k, e in (("one", one), ("two", two))}
+    moved = (scores["one"] - scores["two"]).abs().max().item()
+    gap = _smallest_gap(scores["one"])
+    assert gap > 2 * moved, f"near-tied scores in the test data (gap {gap:.2e}, moved {moved:.2e}): ranks may differ"
     for rank in range(2):
         report = json.loads((tmp_path / f"report{rank}.json").read_text())
         for key in report:
             assert report[key] == single[key], (rank, key)
-    one, two = load_file(tmp_path / "single" / "embeddings.safetensors"), load_file(tmp_path / "emb" / "embeddings.safetensors")
-    for name in one:
-        assert torch.equal(one[name], two[name]), name
     assert Path(tmp_path / "emb" / "ids.json").read_text() == Path(tmp_path / "single" / "ids.json").read_text()

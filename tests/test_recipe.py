@@ -8,6 +8,7 @@ folder (the plan's numbers do not depend on the weights).
 """
 
 import csv
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -101,7 +102,8 @@ def benchmarks(tmp_path_factory, splits_dir):
     flags["lsmdc"] = ["--splits_dir", str(lsmdc)]
     # ActivityNet: the real train.json / val_1.json
     activitynet = splits_dir / "activitynet"
-    ids = [v for name in ("train.json", "val_1.json") for v in json.loads((activitynet / name).read_text())]
+    ids = [v for name in ("train.json.gz", "val_1.json.gz")
+           for v in json.loads(gzip.decompress((activitynet / name).read_bytes()))]
     _touch_videos(root / "activitynet", ids)
     flags["activitynet"] = ["--splits_dir", str(activitynet)]
     return {name: [*extra, "--video_dir", str(root / name)] for name, extra in flags.items()}

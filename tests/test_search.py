@@ -199,6 +199,20 @@ def test_video_search_cli_and_console_script(built, library, capsys):
     assert exit_info.value.code == 2 and "text query or --video" in capsys.readouterr().err
 
 
+def test_search_command_prints_results_and_no_third_party_noise(built, library, tmp_path):
+    """`centerclip search` as a user runs it, by text and by a video outside the index (decoded): the results on
+    stdout and nothing on stderr (no decord/ffmpeg lines, no weight-loading bar, no FAISS loader messages)."""
+    outside = tmp_path / "outside.mp4"
+    shutil.copy(library / "clip 2.mp4", outside)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    for query in ([QUERY], ["--video", str(outside)]):
+        done = subprocess.run([sys.executable, "-m", "search", "search", str(built), *query, "-k", "3"], env=env,
+                              capture_output=True, text=True, timeout=240)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert len(done.stdout.strip().splitlines()) == 1 + 3  # the header and 3 results
+        assert done.stderr == "", done.stderr[-3000:]
+
+
 # ------------------------------------------------------------------------------- updates, resume, the lock
 
 

@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from modeling_centerclip.configuration_centerclip import CLUSTER_ALGOS, CLUSTER_DISTANCES
+from training.cli_parsers import CLUSTER_ALGOS, CLUSTER_DISTANCES, CORPUS_NAMES, add_corpus_options, new_parser
 
 # `--dry_run` prints these, one `key: value` per line (see `training.train.plan`).
 PLAN_KEYS = ("corpus", "train_split", "train_videos", "items_per_epoch", "item_kind", "num_processes",
@@ -23,7 +23,8 @@ PLAN_KEYS = ("corpus", "train_split", "train_videos", "items_per_epoch", "item_k
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Fine-tune (or train from scratch) CenterCLIP with Accelerate")
+    """The flags (light: no torch, so `train.py --help` answers at once)."""
+    parser = new_parser(prog="train.py", description="Fine-tune (or train from scratch) CenterCLIP with Accelerate")
     add = parser.add_argument
     add("--config", help="YAML or JSON file of the same keys as these flags; flags given here override it")
     add("--dry_run", action="store_true",
@@ -32,13 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--model_name_or_path", help="CLIP or CenterCLIP checkpoint (folder or Hub id) to fine-tune")
     model.add_argument("--model_config", help="JSON file of a CenterCLIPConfig to train from scratch "
                        "(in a YAML config also an inline mapping)")
-    model.add_argument("--num_frames", type=int, help="frames per video (overrides the model's)")
-    model.add_argument("--cluster_algo", choices=CLUSTER_ALGOS)
-    model.add_argument("--cluster_layer", type=int)
-    model.add_argument("--num_segments", type=int)
-    model.add_argument("--num_centers", type=int)
-    model.add_argument("--cluster_distance", choices=CLUSTER_DISTANCES)
-    model.add_argument("--cluster_iters", type=int)
+    model.add_argument("--num_frames", type=int, help="frames per video (default: the model's)")
+    model.add_argument("--cluster_algo", choices=CLUSTER_ALGOS, help="token reducer (default: the model's)")
+    model.add_argument("--cluster_layer", type=int, help="vision layers run per frame before clustering "
+                       "(default: the model's)")
+    model.add_argument("--num_segments", type=int, help="segments of consecutive frames (default: the model's)")
+    model.add_argument("--num_centers", type=int, help="tokens kept per segment (default: the model's)")
+    model.add_argument("--cluster_distance", choices=CLUSTER_DISTANCES, help="k-medoids distance (default: the model's)")
+    model.add_argument("--cluster_iters", type=int, help="k-medoids iteration cap (default: the model's)")
     model.add_argument("--max_words", type=int, default=32, help="caption length in tokens")
     model.add_argument("--fps", type=float, help="decode videos at this frame rate (default: the checkpoint's "
                        "processor setting; 3, the paper's, for a stock CLIP checkpoint)")
@@ -48,31 +50,30 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_vocab_size", type=int, default=1000,
                        help="from scratch: size of the BPE vocabulary trained on the training captions")
     data = parser.add_argument_group("data")
-    data.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet / demo")
-    data.add_argument("--video_dir")
-    data.add_argument("--splits_dir")
-    data.add_argument("--captions_file", help="MSVD captions")
-    data.add_argument("--data_json", help="MSR-VTT's MSRVTT_data.json")
-    data.add_argument("--train_list", choices=("9k", "7k"), help="MSR-VTT training list")
-    data.add_argument("--train_split", default="train")
+    data.add_argument("--corpus", help=f"a videofolder or frame store path, or {CORPUS_NAMES}")
+    add_corpus_options(data)
+    data.add_argument("--train_split", default="train", help="split to train on")
     data.add_argument("--expand_captions", action=argparse.BooleanOptionalAction, default=True,
                       help="one training item per (video, caption) pair, as the paper's epochs; "
                       "--no-expand_captions: one item per video with a random caption")
     data.add_argument("--eval_split", default="test", help="split for periodic and final evaluation; 'none' skips")
-    data.add_argument("--max_eval_videos", type=int, help="evaluate on the first N videos only (faster)")
-    data.add_argument("--num_workers", type=int, default=0)
+    data.add_argument("--max_eval_videos", type=int, help="evaluate on the first N videos only (default: all)")
+    data.add_argument("--num_workers", type=int, default=0, help="DataLoader processes decoding videos")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--learning_rate", type=float, default=5e-6, help="for the weights stock CLIP has")
     optim.add_argument("--new_learning_rate", type=float, default=1e-4, help="for weights stock CLIP lacks")
-    optim.add_argument("--weight_decay", type=float, default=0.2)
-    optim.add_argument("--adam_beta1", type=float, default=0.9)
-    optim.add_argument("--adam_beta2", type=float, default=0.98)
-    optim.add_argument("--adam_epsilon", type=float, default=1e-6)
-    optim.add_argument("--lr_scheduler", default="cosine", choices=("cosine", "linear", "constant_with_warmup"))
-    optim.add_argument("--warmup_ratio", type=float, default=0.1)
-    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="0 disables clipping")
-    optim.add_argument("--max_logit_scale", type=float, default=100.0)
-    optim.add_argument("--freeze_stems", action=argparse.BooleanOptionalAction, default=True)
+    optim.add_argument("--weight_decay", type=float, default=0.2, help="AdamW's, not on biases, norms and other "
+                       "1-d parameters")  # fmt: skip
+    optim.add_argument("--adam_beta1", type=float, default=0.9, help="AdamW's beta1")
+    optim.add_argument("--adam_beta2", type=float, default=0.98, help="AdamW's beta2")
+    optim.add_argument("--adam_epsilon", type=float, default=1e-6, help="AdamW's epsilon")
+    optim.add_argument("--lr_scheduler", default="cosine", choices=("cosine", "linear", "constant_with_warmup"),
+                       help="decay after the warm-up")
+    optim.add_argument("--warmup_ratio", type=float, default=0.1, help="share of the steps spent in linear warm-up")
+    optim.add_argument("--max_grad_norm", type=float, default=1.0, help="gradient-norm clip; 0 disables clipping")
+    optim.add_argument("--max_logit_scale", type=float, default=100.0, help="clamp of exp(logit_scale) after each step")
+    optim.add_argument("--freeze_stems", action=argparse.BooleanOptionalAction, default=True,
+                       help="keep the embedding stems frozen, as the paper")
     optim.add_argument("--global_batch_size", type=int,
                        help="items per optimizer step over all processes and accumulation steps (the paper: 128); "
                        "split into per_device_train_batch_size = global / (processes x accumulation)")
@@ -80,24 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="without global_batch_size: global batch = this x processes x accumulation steps")
     optim.add_argument("--gradient_accumulation_steps", type=int, default=1,
                        help="micro-batches per optimizer step; each micro-batch is its own contrastive batch")
-    optim.add_argument("--num_train_epochs", type=float, default=5)
+    optim.add_argument("--num_train_epochs", type=float, default=5, help="passes over the training items")
     optim.add_argument("--max_train_steps", type=int, help="optimizer steps; overrides num_train_epochs")
     optim.add_argument("--mixed_precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
                        help="auto: bf16 (or fp16) on a GPU, none on the CPU")
-    optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument("--seed", type=int, default=42, help="seeds shuffling, captions, frames and new weights")
     run = parser.add_argument_group("run")
     run.add_argument("--output_dir", help="checkpoints/, logs/, final/ and loss_history.json go here")
     run.add_argument("--logging_steps", type=int, default=10, help="log (and check the loss is finite) every N steps")
     run.add_argument("--eval_steps", type=int, default=0, help="evaluate every N steps (0: only at the end)")
-    run.add_argument("--eval_batch_size", type=int, default=32)
+    run.add_argument("--eval_batch_size", type=int, default=32, help="videos per evaluation batch")
     run.add_argument("--checkpointing_steps", type=int, default=500, help="save_state every N steps (0: never)")
     run.add_argument("--checkpoints_total_limit", type=int, default=2, help="keep the newest N checkpoints")
     run.add_argument("--resume", help="'latest' (the newest complete checkpoint of output_dir), a run's output_dir, "
                      "or a checkpoint folder (output_dir/checkpoints/step_N)")
-    run.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "wandb", "all", "none"))
+    run.add_argument("--report_to", default="tensorboard", choices=("tensorboard", "wandb", "all", "none"),
+                     help="where Accelerate logs the metrics")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bar")
-    run.add_argument("--push_to_hub", action="store_true")
-    run.add_argument("--hub_model_id")
+    run.add_argument("--push_to_hub", action="store_true", help="push final/ with a model card (needs --hub_model_id)")
+    run.add_argument("--hub_model_id", help="org/name of the Hub repository")
     return parser
 
 
@@ -123,7 +125,7 @@ def read_config_file(path: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Flags + optional `--config` file -> validated namespace. Raises `ValueError` naming the bad key."""
     parser = build_parser()
-    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config", "debug")}
     known, _ = parser.parse_known_args(argv)
     if known.config:
         file_values = read_config_file(known.config)
@@ -186,8 +188,10 @@ def validate_args(args: argparse.Namespace) -> None:
     if args.model_config:
         model_config_settings(args)
     if args.model_name_or_path:
+        from training.cli_errors import require_model_folder
         from training.tokenizer import check_tokenizer_files
 
+        require_model_folder(args.model_name_or_path, "config key 'model_name_or_path'")
         check_tokenizer_files(args.model_name_or_path, checkpoint_tokenizer_remedy(args.model_name_or_path))
     for key in ("corpus", "output_dir"):
         if not getattr(args, key):

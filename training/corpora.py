@@ -9,7 +9,11 @@ MSVD); training picks one at random, evaluation uses them all. Evaluation splits
 | `load_msrvtt(...)` | `MSRVTT_train.9k.csv` or `.7k.csv`, `MSRVTT_data.json`, `MSRVTT_JSFUSION_test.csv` | train, test (1k-A) |
 | `load_msvd(...)` | `train_list.txt`, `val_list.txt`, `test_list.txt` + a captions file | train, validation, test |
 | `load_lsmdc(...)` | `LSMDC16_annos_training.csv`, `LSMDC16_annos_val.csv`, `LSMDC16_challenge_1000_publictect.csv` | those present |
-| `load_activitynet(...)` | `train.json`, `val_1.json` (-> test), `val_2.json` (-> validation) | those present |
+| `load_activitynet(...)` | `train.json`, `val_1.json` (-> test), `val_2.json` (-> validation), or gzipped | those present |
+
+The split files of the four benchmarks ship with the package (`training/splits/<corpus>/`, see its README) and
+are the default `splits_dir`; users bring the videos and the caption files the community does not redistribute
+with the splits (MSR-VTT's `MSRVTT_data.json`, MSVD's captions).
 
 Videos are found by id anywhere under `video_dir` (sub-folders too) with any of `VIDEO_EXTENSIONS`. Videos
 that are not there are reported when the corpus is built (how many, the first few ids) and dropped, or raise
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import io
 import json
 import logging
@@ -33,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v")
 CORPORA = ("msrvtt", "msvd", "lsmdc", "activitynet", "demo")
+# The benchmark split files shipped with the package: the default `splits_dir` of each benchmark loader.
+SPLITS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "splits")
 _SHOWN_MISSING = 5
 
 
@@ -136,6 +143,11 @@ def _build(
     return DatasetDict(result)
 
 
+def _splits_dir(corpus: str, splits_dir: str | os.PathLike | None) -> str:
+    """`splits_dir`, or the split files shipped with the package for `corpus`."""
+    return os.path.join(SPLITS_DIR, corpus) if splits_dir is None else os.fspath(splits_dir)
+
+
 def _require(path: str, what: str) -> str:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} not found: {path}")
@@ -143,11 +155,16 @@ def _require(path: str, what: str) -> str:
 
 
 def _open_text(path: str, newline: str | None = None) -> io.StringIO:
-    """A UTF-8 text file to read like `open(path, encoding="utf-8")`, without the byte-order mark spreadsheet
-    programs write; another encoding raises a ValueError naming the file and line instead of a bare
-    UnicodeDecodeError."""
+    """A UTF-8 text file (gzipped if its name ends in `.gz`) to read like `open(path, encoding="utf-8")`, without
+    the byte-order mark spreadsheet programs write; another encoding raises a ValueError naming the file and line
+    instead of a bare UnicodeDecodeError."""
     with open(path, "rb") as handle:
         data = handle.read()
+    if path.endswith(".gz"):
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError) as error:
+            raise ValueError(f"{path}: not a complete gzip file ({error})") from None
     data = data[len(codecs.BOM_UTF8) :] if data.startswith(codecs.BOM_UTF8) else data
     try:
         return io.StringIO(data.decode("utf-8"), newline=newline)
@@ -307,7 +324,7 @@ def load_videofolder(folder: str | os.PathLike, on_missing: str = "skip") -> Dat
 
 def load_msrvtt(
     video_dir: str | os.PathLike,
-    splits_dir: str | os.PathLike,
+    splits_dir: str | os.PathLike | None = None,
     data_json: str | os.PathLike | None = None,
     train_list: str = "9k",
     on_missing: str = "skip",
@@ -315,9 +332,10 @@ def load_msrvtt(
     """MSR-VTT: `train` (the 9k or 7k list, all 20 captions of each video from `MSRVTT_data.json`) and `test`
     (the 1k-A split, `MSRVTT_JSFUSION_test.csv`: one caption per video).
 
-    `data_json` defaults to `MSRVTT_data.json` in `splits_dir`; without it only `test` is built (with a warning).
+    `splits_dir` defaults to the shipped split files; `data_json` to `MSRVTT_data.json` in `splits_dir`; without
+    it only `test` is built (with a warning).
     """
-    splits_dir = os.fspath(splits_dir)
+    splits_dir = _splits_dir("msrvtt", splits_dir)
     if train_list not in ("9k", "7k"):
         raise ValueError(f"train_list must be '9k' or '7k', got {train_list!r}")
     splits: dict[str, list[dict]] = {}
@@ -383,13 +401,17 @@ def read_msvd_captions(captions_file: str | os.PathLike) -> dict[str, list[str]]
 
 def load_msvd(
     video_dir: str | os.PathLike,
-    splits_dir: str | os.PathLike,
-    captions_file: str | os.PathLike,
+    splits_dir: str | os.PathLike | None = None,
+    captions_file: str | os.PathLike | None = None,
     on_missing: str = "skip",
 ) -> DatasetDict:
-    """MSVD: `train` / `validation` / `test` from `train_list.txt` / `val_list.txt` / `test_list.txt`; every
-    split keeps all captions of a video as a list (see `read_msvd_captions` for the captions file formats)."""
-    splits_dir = os.fspath(splits_dir)
+    """MSVD: `train` / `validation` / `test` from `train_list.txt` / `val_list.txt` / `test_list.txt` (default:
+    the shipped lists); every split keeps all captions of a video as a list (see `read_msvd_captions` for the
+    captions file formats)."""
+    if captions_file is None:
+        raise ValueError("msvd: captions_file is required (e.g. CLIP4Clip's raw-captions.pkl); the split lists "
+                         "ship with the package, the captions do not")
+    splits_dir = _splits_dir("msvd", splits_dir)
     captions = read_msvd_captions(captions_file)
     splits = {}
     for split, name in (("train", "train_list.txt"), ("validation", "val_list.txt"), ("test", "test_list.txt")):
@@ -424,10 +446,11 @@ def read_lsmdc_csv(path: str) -> list[dict]:
     return rows
 
 
-def load_lsmdc(video_dir: str | os.PathLike, splits_dir: str | os.PathLike, on_missing: str = "skip") -> DatasetDict:
-    """LSMDC (one sentence per clip): the splits whose CSV is in `splits_dir`; clips like
-    `<movie>/<clip_id>.avi` are found anywhere under `video_dir`."""
-    splits_dir = os.fspath(splits_dir)
+def load_lsmdc(video_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None,
+               on_missing: str = "skip") -> DatasetDict:
+    """LSMDC (one sentence per clip): the splits whose CSV is in `splits_dir` (default: the shipped test CSV);
+    clips like `<movie>/<clip_id>.avi` are found anywhere under `video_dir`."""
+    splits_dir = _splits_dir("lsmdc", splits_dir)
     splits = {split: read_lsmdc_csv(os.path.join(splits_dir, name))
               for split, name in LSMDC_FILES if os.path.isfile(os.path.join(splits_dir, name))}
     return _build("lsmdc", splits, _index_lookup(os.fspath(video_dir)), os.fspath(video_dir), on_missing, False)
@@ -439,15 +462,18 @@ ACTIVITYNET_FILES = (("train", "train.json"), ("validation", "val_2.json"), ("te
 
 
 def load_activitynet(
-    video_dir: str | os.PathLike, splits_dir: str | os.PathLike, on_missing: str = "skip"
+    video_dir: str | os.PathLike, splits_dir: str | os.PathLike | None = None, on_missing: str = "skip"
 ) -> DatasetDict:
     """ActivityNet Captions, paragraph-to-video: each video's sentences joined into one caption. `train.json`
-    -> train, `val_1.json` -> test (the usual evaluation split), `val_2.json` -> validation, where present.
-    Keeps a `duration` column (seconds). Files may be named with or without the `v_` prefix of the ids."""
-    splits_dir = os.fspath(splits_dir)
+    -> train, `val_1.json` -> test (the usual evaluation split), `val_2.json` -> validation, where present, each
+    also as `.json.gz` (default `splits_dir`: the shipped, gzipped train and val_1). Keeps a `duration` column
+    (seconds). Videos may be named with or without the `v_` prefix of the ids."""
+    splits_dir = _splits_dir("activitynet", splits_dir)
     splits = {}
     for split, name in ACTIVITYNET_FILES:
         path = os.path.join(splits_dir, name)
+        if not os.path.isfile(path):
+            path += ".gz"
         if not os.path.isfile(path):
             continue
         annotations = _read_json(path)

@@ -18,11 +18,11 @@ Several captions per video (MSVD), two video->text protocols, both reported:
 each similarity is multiplied by the softmax, over the other side's queries, of `temperature * similarity`.
 
 With several processes (`accelerate launch`), each encodes its own block of whole video batches; the embeddings
-are gathered in order before ranking, so the result equals a one-process run exactly. A video that cannot be
+are gathered in order before ranking. They match a one-process run to float rounding (another process or thread
+count sums in another order), so the metrics are the same unless two scores are that close. A video that cannot be
 decoded is reported (its file and the reason), and it and its captions are left out of the metrics.
 """
 
-import argparse
 import functools
 import json
 import logging
@@ -32,17 +32,22 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 if __package__ in (None, "") and __name__ == "__main__":
     # Run as a script: import from the repository root, not from training/ (this file would shadow `evaluate`).
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__":  # --help and a mistyped flag answer before torch loads
+    from training.cli_parsers import build_evaluate_parser
+
+    build_evaluate_parser().parse_args()
+
+import torch
+
+from training.cli_parsers import POST_PROCESSES, build_evaluate_parser
 
 logger = logging.getLogger(__name__)
 
 METRIC_PATH = str(Path(__file__).resolve().parent / "metrics" / "retrieval")
 V2T_PROTOCOLS = ("all_captions", "clip4clip")
-POST_PROCESSES = ("none", "dsl")
 DSL_TEMPERATURE = 100.0  # CLIP's logit scale, the usual inverse temperature of the dual softmax
 PROTOCOL_NAMES = {
     "t2v": "text->video: rank of the caption's video among all videos",
@@ -364,25 +369,13 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     return report
 
 
-def default_num_workers() -> int:
-    """Decoding workers per process: the CPU cores this process may use, shared by the local processes, at most 8."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(0, min(8, cores // local - 1))
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
-    return value
-
-
 def check_model_folder(model: str) -> None:
     """A local model folder needs its processor files; a missing tokenizer would otherwise surface as an
     unrelated message about sentencepiece or tiktoken."""
+    from training.cli_errors import require_model_folder
     from training.tokenizer import check_tokenizer_files
 
+    require_model_folder(model)
     if not os.path.isdir(model):
         return
     remedy = ("save the processor next to the model (processor.save_pretrained) or evaluate the training run's "
@@ -393,28 +386,7 @@ def check_model_folder(model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Text-video retrieval evaluation of a saved CenterCLIP folder")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a save_pretrained folder (model + processor) or Hub id")
-    source.add_argument("--from_embeddings", metavar="DIR", help="rank embeddings saved with --save_embeddings")
-    parser.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet")
-    parser.add_argument("--video_dir")
-    parser.add_argument("--splits_dir")
-    parser.add_argument("--captions_file")
-    parser.add_argument("--data_json")
-    parser.add_argument("--split", default="test")
-    parser.add_argument("--batch_size", type=_positive_int, default=32)
-    parser.add_argument("--chunk_size", type=_positive_int, default=1024, help="query rows per similarity block")
-    parser.add_argument("--max_videos", type=_positive_int)
-    parser.add_argument("--num_workers", type=int, default=default_num_workers(),
-                        help="decoding workers per process (default: from the CPU cores, at most 8)")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
-                        help="autocast dtype of the encoders (auto: bfloat16/float16 on a GPU, float32 on the CPU)")
-    parser.add_argument("--post_process", choices=POST_PROCESSES, default="none",
-                        help="dsl: also report dual-softmax (inverted softmax) re-scored results, beside the plain ones")
-    parser.add_argument("--save_embeddings", metavar="DIR", help="write the embeddings and ids here (safetensors + JSON)")
-    parser.add_argument("--output", help="write the JSON report here")
+    parser = build_evaluate_parser()
     args = parser.parse_args(argv)
     post_process = None if args.post_process == "none" else args.post_process
 
@@ -481,4 +453,6 @@ def _print_report(report: dict) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("evaluate.py", main)

@@ -13,7 +13,6 @@ decode are skipped and listed with their reason in `summary.json`; the run still
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import logging
@@ -24,9 +23,15 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+if __name__ == "__main__":  # --help and a mistyped flag answer before numpy and datasets load
+    from training.cli_parsers import build_prepare_frames_parser
+
+    build_prepare_frames_parser().parse_args()
+
 import numpy as np
 from datasets import Dataset, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+from training.cli_parsers import build_prepare_frames_parser
 from training.corpora import CORPUS_KEYS, load_corpus
 from training.frame_store import (
     FAILED_FILE,
@@ -259,19 +264,7 @@ def push_store_to_hub(output_dir: str, repo_id: str, private: bool = False) -> N
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("source", help="a videofolder path, or msrvtt / msvd / lsmdc / activitynet / demo")
-    parser.add_argument("--output_dir", required=True)
-    for key in CORPUS_KEYS:
-        parser.add_argument(f"--{key}")
-    parser.add_argument("--fps", type=float, default=3.0, help="frames per second kept (0: every frame)")
-    parser.add_argument("--size", type=int, default=224, help="shorter side after resizing, center crop (0: keep)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality (1-100), chroma kept at full resolution")
-    parser.add_argument("--num_proc", type=int, default=1, help="decoding processes")
-    parser.add_argument("--shard_size", type=int, default=100, help="videos per shard (the unit of resuming)")
-    parser.add_argument("--push_to_hub", metavar="REPO", help="then publish the store as this dataset repository")
-    parser.add_argument("--private", action="store_true", help="make the Hub repository private")
-    args = parser.parse_args(argv)
+    args = build_prepare_frames_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus_options = {key: getattr(args, key) for key in CORPUS_KEYS if getattr(args, key)}
     summary = prepare_frames(args.source, args.output_dir, fps=args.fps or None, size=args.size,
@@ -287,4 +280,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("python -m training.prepare_frames", main)

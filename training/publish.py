@@ -16,7 +16,6 @@ checkpoints are converted.
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import inspect
 import json
@@ -26,19 +25,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+if __name__ == "__main__":  # --help and a mistyped flag answer before Transformers loads
+    from training.cli_parsers import build_publish_parser
+
+    build_publish_parser().parse_args()
+
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard
 from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTrainedConfig
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS  # what a hub configuration contributes
 
+from .cli_parsers import HUB_CONFIGS_DIR, SIDECAR_NAME, build_publish_parser, list_hub_configs
 from .model_card import render_model_card
 from .tokenizer import check_tokenizer, load_checked_tokenizer
 
 logger = logging.getLogger(__name__)
 
-HUB_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "hub_configs"
-SIDECAR_NAME = "hub.json"
 # Fields that fix the weights' shapes or the computation; a hub configuration that names them must agree.
 ARCHITECTURE_FIELDS = {
     "": ("projection_dim",),
@@ -75,11 +78,6 @@ class HubConfig:
     @property
     def centerclip_settings(self) -> dict:
         return {key: self.settings[key] for key in CENTERCLIP_FIELDS if key in self.settings}
-
-
-def list_hub_configs() -> list[str]:
-    """Names of the hub configurations shipped in `hub_configs/`."""
-    return sorted(path.parent.name for path in HUB_CONFIGS_DIR.glob(f"*/{SIDECAR_NAME}"))
 
 
 def load_hub_config(spec: str | os.PathLike | Mapping | CenterCLIPConfig | HubConfig) -> HubConfig:
@@ -333,34 +331,21 @@ def push_folder(
     return commit
 
 
-def _parse_override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or key not in CENTERCLIP_FIELDS:
-        raise argparse.ArgumentTypeError(f"--set expects KEY=VALUE with KEY one of {CENTERCLIP_FIELDS}, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value  # a bare string such as kmedoids
+def _read_overrides(parser, pairs: list[tuple[str, str]]) -> dict:
+    """`--set KEY=VALUE` pairs -> settings; VALUE is JSON or a bare string (`kmedoids`)."""
+    overrides = {}
+    for key, value in pairs:
+        if key not in CENTERCLIP_FIELDS:
+            parser.error(f"--set {key}={value}: {key!r} is not one of {', '.join(CENTERCLIP_FIELDS)}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.publish", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="CLIP checkpoint + hub configuration -> CenterCLIP folder")
-    convert.add_argument("--clip", required=True, help="Hub id or folder of a safetensors CLIP checkpoint")
-    convert.add_argument("--hub_config", required=True, help=f"folder, JSON file, or one of {list_hub_configs()}")
-    convert.add_argument("--output_dir", required=True)
-    convert.add_argument("--set", dest="overrides", type=_parse_override, action="append", default=[],
-                         metavar="KEY=VALUE", help="replace a CenterCLIP setting, e.g. --set num_frames=8")  # fmt: skip
-    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
-    convert.add_argument("--tokenizer", help="folder or Hub id of the CLIP tokenizer (default: the checkpoint's)")
-    push = commands.add_parser("push", help="push a saved CenterCLIP folder")
-    push.add_argument("--folder", required=True)
-    for sub in (convert, push):
-        sub.add_argument("--hub_model_id", help="org/name of the Hub repo (required to push)")
-        sub.add_argument("--private", action="store_true")
-        sub.add_argument("--token", help="Hub token; defaults to the logged-in one / HF_TOKEN")
-    convert.add_argument("--push_to_hub", action="store_true")
+    parser = build_publish_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
@@ -369,7 +354,7 @@ def main(argv=None) -> None:
             parser.error("--push_to_hub needs --hub_model_id")
         folder = convert_clip_checkpoint(
             args.clip, args.hub_config, args.output_dir,
-            tokenizer=args.tokenizer, overrides=dict(args.overrides), repo_id=args.hub_model_id,
+            tokenizer=args.tokenizer, overrides=_read_overrides(parser, args.overrides), repo_id=args.hub_model_id,
             overwrite=args.overwrite,
         )  # fmt: skip
         logger.info("Wrote %s", folder)
@@ -382,4 +367,6 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("python -m training.publish", main)

@@ -4,7 +4,7 @@
     python training/train.py --config training/configs/msvd_vitb32.yaml ... --dry_run   # print the plan only
 
 Settings, `--config` files and their validation live in `training.config`; checkpoints in `training.checkpoints`.
-Defaults follow the paper's recipe (DESIGN.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on
+Defaults follow the paper's recipe (docs/design.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on
 biases, norms and other 1-d parameters), lr 5e-6 for CLIP's weights and `new_learning_rate` for weights that
 stock CLIP lacks, 10 % linear warm-up then cosine decay, gradient-norm clip 1.0, mixed precision on GPUs,
 frozen embedding stems, `logit_scale` clamped at ln(100) after every step, one item per (video, caption) pair,
@@ -41,6 +41,10 @@ from pathlib import Path
 if __package__ in (None, "") and __name__ == "__main__":
     # Run as a script: import from the repository root, not from training/ (whose evaluate.py shadows `evaluate`).
     sys.path[0] = str(Path(__file__).resolve().parents[1])
+if __name__ == "__main__":  # --help and a mistyped flag answer before torch loads
+    from training.config import build_parser
+
+    build_parser().parse_args()
 
 import torch
 from accelerate import Accelerator
@@ -54,7 +58,7 @@ from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPPro
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS
 from modeling_centerclip.processing_centerclip import PAPER_FPS
 from training.checkpoints import checkpoint_step, find_checkpoint, read_history, save_checkpoint
-from training.config import (PLAN_KEYS, build_parser, checkpoint_tokenizer_remedy, model_config_settings, parse_args,
+from training.config import (PLAN_KEYS, checkpoint_tokenizer_remedy, model_config_settings, parse_args,
                              per_device_batch_size)
 from training.corpora import CORPUS_KEYS, all_captions, expand_captions
 from training.losses import batch_loss
@@ -502,12 +506,10 @@ def push(folder: str, args, results: dict) -> None:
 
 def main(argv: list[str] | None = None, step_callback: Callable[[int], None] | None = None) -> dict:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    try:
-        args = parse_args(argv)
-    except ValueError as error:
-        build_parser().error(str(error))
-    return train(args, step_callback)
+    return train(parse_args(argv), step_callback)  # a bad setting raises ValueError: one line from run_cli
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("train.py", main, user_errors=(NonFiniteLossError,))
