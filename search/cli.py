@@ -102,17 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--allowed-host", action="append", dest="allowed_hosts", metavar="NAME",
                        help="a host name clients use to reach the page (repeatable); requests naming another Host are "
                        "refused. Give it when binding beyond localhost (--host 0.0.0.0)")  # fmt: skip
-    serve.add_argument("--max-upload-mb", type=_megabytes, default=64 << 20, dest="max_upload_bytes", metavar="MB",
-                       help="largest file a query upload may be, where the page has an upload control (default: 64)")
+    serve.add_argument("--max-upload-mb", type=_megabytes, default="64", dest="max_upload_bytes", metavar="MB",
+                       help="largest file a query upload may be, where the page has an upload control")
     _add_query_model(serve)
     return parser
 
 
 def _port(text: str) -> int:
-    port = int(text)
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"must be in 1-65535, got {port}")
-    return port
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _add_query_model(parser: argparse.ArgumentParser) -> None:

@@ -157,7 +157,7 @@ CASES = [
     ("centerclip", ["search", "{tmp}/no_index", "a dog"], r"centerclip search: error: .*no_index"),
     ("centerclip", ["index", "{tmp}", "--model", "outputs/demo/centerclip/final", "--output", "{tmp}/idx"],
      r"centerclip index: error: model outputs/demo/centerclip/final: no such model folder; `make demo` .*Hub id"),
-    ("centerclip", ["serve", "{tmp}", "--port", "70000"], r"centerclip serve: error: argument --port: must be in"),
+    ("centerclip", ["serve", "{tmp}", "--port", "70000"], r"centerclip serve: error: argument --port: a port is a number from 1 to 65535"),
     ("train.py", ["--config", "{tmp}/missing.yaml"], r"train\.py: error: config: file '.*missing\.yaml' not found"),
     ("evaluate.py", ["--from_embeddings", "{tmp}"], r"evaluate\.py: error: --from_embeddings .*: no embeddings"),
     ("evaluate.py", ["--model", "{tmp}/no_model", "--corpus", "demo"], r"evaluate\.py: error: --model .*no_model: no such"),
