@@ -344,9 +344,11 @@ def published_protocols(report: dict) -> dict[str, str]:
     return {"t2v": "t2v", "v2t": "v2t_clip4clip" if "v2t_clip4clip" in report else "v2t"}
 
 
-def headline_results(report: dict) -> dict[str, dict]:
-    """The published protocols' metrics, keyed by their labels (`t2v`, `v2t (CLIP4Clip protocol)` or `v2t`)."""
-    return {HEADLINE_LABELS[key]: report[key] for key in report["headline"].values()}
+def headline_results(report: dict) -> dict[str, float]:
+    """The published protocols' metrics, flat and labelled: `{"t2v R@1": ..., "v2t (CLIP4Clip protocol) R@1": ...}`
+    (or `v2t R@1` with one caption per video): what training logs and model cards report."""
+    return {f"{HEADLINE_LABELS[key]} {name}": value for key in published_protocols(report).values()
+            for name, value in report[key].items()}  # fmt: skip
 
 
 def ranking_report(text_embeds, video_embeds, text_to_video, chunk_size: int = 1024,
@@ -620,8 +622,8 @@ def _evaluate_cli(parser, args, post_process) -> dict:
 def _print_report(report: dict) -> None:
     """The published protocols first, labelled (`headline_results`), then every protocol with its description."""
     convention = report.get("metric_convention", "strict")
-    for label, values in headline_results(report).items():
-        print(f"headline {label}:", "  ".join(f"{k} {v:.1f}" for k, v in values.items()),
+    for key in published_protocols(report).values():
+        print(f"headline {HEADLINE_LABELS[key]}:", "  ".join(f"{k} {v:.1f}" for k, v in report[key].items()),
               f"  ({convention} metric convention)")  # fmt: skip
     for name, description in report["protocols"].items():
         if name == "dsl":
