@@ -419,3 +419,44 @@ def test_bad_evaluate_arguments_are_one_line_errors(name, extra, match, videofol
 
     error = one_line_error(capsys, "--model", "org/model", "--device", "cpu", *extra(tmp_path, videofolder))
     assert re.search(match, error), (name, error)
+
+
+# (name, captions per video, the report key of the published video->text protocol, its label)
+HEADLINE_CASES = [
+    ("one caption per video (MSR-VTT, LSMDC, ActivityNet)", [1, 1, 1, 1], "v2t", "v2t"),
+    ("several captions per video (MSVD)", [2, 1, 3, 2], "v2t_clip4clip", "v2t (CLIP4Clip protocol)"),
+]
+
+
+@pytest.mark.parametrize("name, counts, key, label", HEADLINE_CASES, ids=[case[0] for case in HEADLINE_CASES])
+def test_training_log_and_model_card_use_the_published_protocol_by_name(name, counts, key, label, caplog):
+    from accelerate import PartialState
+
+    from modeling_centerclip import CenterCLIPConfig
+    from training.evaluate import headline_results, ranking_report
+    from training.model_card import render_model_card
+    from training.train import _log_evaluation
+
+    generator = torch.Generator().manual_seed(0)
+    text_to_video = torch.tensor([v for v, count in enumerate(counts) for _ in range(count)])
+    texts, videos = torch.randn(len(text_to_video), 4, generator=generator), torch.randn(len(counts), 4, generator=generator)
+    report = ranking_report(texts, videos, text_to_video)
+    if key == "v2t_clip4clip":
+        assert report["v2t"] != report["v2t_clip4clip"]  # the all-captions protocol would report another number
+    headline = headline_results(report)
+    assert headline == {**{f"t2v {k}": v for k, v in report["t2v"].items()},
+                        **{f"{label} {k}": v for k, v in report[key].items()}}  # fmt: skip
+
+    class Recorder:
+        logged = {}
+
+        def log(self, values, step):
+            self.logged.update(values)
+
+    PartialState()
+    with caplog.at_level(logging.INFO, logger="training.train"):
+        _log_evaluation(Recorder(), [], 7, report)
+    assert f"step 7: t2v R@1 {report['t2v']['R@1']:.1f}, {label} R@1 {report[key]['R@1']:.1f}" in caplog.text
+    assert Recorder.logged[f"eval/{key}_R@1"] == report[key]["R@1"]
+    card = render_model_card(CenterCLIPConfig(), results={"MSVD": headline})
+    assert f"{label} R@1" in card and (key == "v2t" or "| v2t R@1" not in card)
