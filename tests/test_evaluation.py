@@ -410,6 +410,10 @@ BAD_EVALUATE_ARGUMENTS = [
      r"store is a frame store: corpus options \['video_dir'\] do not apply"),
     ("a videofolder given with --video_dir", lambda tmp, corpus: ["--corpus", corpus, "--video_dir", "v"],
      r"corpus .*: --video_dir do\(es\) not apply to it"),
+    ("--split the corpus lacks", lambda tmp, corpus: ["--corpus", corpus, "--split", "nope"],
+     r"--split 'nope': corpus .* has splits \['test'\]"),
+    ("--num_workers negative", lambda tmp, corpus: ["--corpus", corpus, "--num_workers", "-1"],
+     r"--num_workers -1: must be >= 0"),
 ]  # fmt: skip
 
 

@@ -557,7 +557,7 @@ def run(argv: list[str] | None = None) -> dict:
         if not args.corpus:
             raise ValueError("--corpus is required with --model (a videofolder or frame store path, or msrvtt / "
                              "msvd / lsmdc / activitynet / demo)")  # fmt: skip
-        report = _evaluate_cli(parser, args, post_process)
+        report = _evaluate_cli(args, post_process)
         if report is None:
             return {}
     _print_report(report)
@@ -580,15 +580,12 @@ def model_fingerprint(model: str, processor) -> str | None:
         return None
 
 
-def _evaluate_cli(parser, args, post_process) -> dict:
+def _evaluate_cli(args, post_process) -> dict:
     if args.num_workers < 0:
-        parser.error(f"--num_workers {args.num_workers}: must be >= 0")
+        raise ValueError(f"--num_workers {args.num_workers}: must be >= 0")
     if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device cuda: this torch ({torch.__version__}) has no usable CUDA device; use --device cpu")
-    try:
-        check_model_folder(args.model)
-    except ValueError as error:
-        parser.error(str(error))
+        raise ValueError(f"--device cuda: this torch ({torch.__version__}) has no usable CUDA device; use --device cpu")
+    check_model_folder(args.model)
     import modeling_centerclip  # noqa: F401  registers the Auto classes
     from accelerate import Accelerator
     from transformers import AutoModel, AutoProcessor
@@ -603,7 +600,7 @@ def _evaluate_cli(parser, args, post_process) -> dict:
     corpus_kwargs = {k: getattr(args, k) for k in CORPUS_KEYS if getattr(args, k, None)}
     corpus = load_corpus(args.corpus, **corpus_kwargs)
     if args.split not in corpus:
-        parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
+        raise ValueError(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
     model = AutoModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model)
     provenance = {"model": args.model, "model_fingerprint": model_fingerprint(args.model, processor),

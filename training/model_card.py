@@ -108,6 +108,8 @@ def _cluster_table(config: CenterCLIPConfig) -> str:
             ("k-medoids distance", config.cluster_distance),
             ("k-medoids max iterations", config.cluster_iters),
         ]
+    if config.segment_valid_rule != "any_real_frame":  # short videos embed as in the reference implementation
+        rows.append(("segments averaged for padded videos", f"`{config.segment_valid_rule}`"))
     if config.cluster_algo == "spectral":
         knn = config.spectral_knn if config.spectral_knn is not None else f"{config.default_spectral_knn} (default)"
         rows += [("spectral sigma", config.spectral_sigma), ("spectral k-nearest neighbours", knn)]
