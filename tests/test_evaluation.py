@@ -443,7 +443,8 @@ def test_training_log_and_model_card_use_the_published_protocol_by_name(name, co
 
     generator = torch.Generator().manual_seed(0)
     text_to_video = torch.tensor([v for v, count in enumerate(counts) for _ in range(count)])
-    texts, videos = torch.randn(len(text_to_video), 4, generator=generator), torch.randn(len(counts), 4, generator=generator)
+    texts = torch.randn(len(text_to_video), 4, generator=generator)
+    videos = torch.randn(len(counts), 4, generator=generator)
     report = ranking_report(texts, videos, text_to_video)
     if key == "v2t_clip4clip":
         assert report["v2t"] != report["v2t_clip4clip"]  # the all-captions protocol would report another number

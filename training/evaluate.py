@@ -402,7 +402,7 @@ def rank_saved_embeddings(folder: str, chunk_size: int = 1024, post_process: str
     cache = load_embeddings(folder)
     try:
         report = ranking_report(cache.text_embeds, cache.video_embeds, cache.text_to_video, chunk_size, post_process,
-                                convention=convention, video_names=cache.video_ids, captions=cache.captions)  # fmt: skip
+                                convention=convention, video_names=cache.video_ids, captions=cache.captions)
     except ValueError as error:
         raise type(error)(f"--from_embeddings {folder}: {error}") from None
     report.update(num_videos=len(cache.video_ids), num_captions=len(cache.captions), left_out=cache.left_out,
@@ -423,8 +423,9 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
     `provenance` (model, fingerprint, corpus, split, ...) goes into the saved embeddings; `convention` is the
     metric convention (`strict` or `clip4clip`, see the module docstring).
     Returns `{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}, ["v2t_clip4clip"], ["dsl"], "protocols",
-    "headline", "metric_convention", "num_videos", "num_captions", "left_out", "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in
-    percent); `videos_per_second` counts the model's video tower only, `eval_time_s` everything including decoding.
+    "headline", "metric_convention", "num_videos", "num_captions", "left_out", "video_encode_s",
+    "videos_per_second", "eval_time_s"}` (R@K in percent); `videos_per_second` counts the model's video tower only,
+    `eval_time_s` everything including decoding.
     """
     from training.frame_store import videos_to_encode
 
@@ -569,13 +570,13 @@ def run(argv: list[str] | None = None) -> dict:
 
 
 def model_fingerprint(model: str, processor) -> str | None:
-    """The search index's fingerprint of a model folder (weights, config, processor settings); None for a Hub id
-    that is not in the local cache."""
-    from search.models import fingerprint, resolve_model_dir
-
+    """The search index's fingerprint of a model folder (weights, config, processor settings); None (with a
+    warning) for a Hub id not in the local cache, or without the `[search]` extra that holds the helper."""
     try:
+        from search.models import fingerprint, resolve_model_dir
+
         return fingerprint(resolve_model_dir(model), {}, processor)
-    except (OSError, ValueError) as error:
+    except (ImportError, OSError, ValueError) as error:
         logger.warning("evaluation: no fingerprint of model %s (%s); the report names it only", model, error)
         return None
 
@@ -604,7 +605,8 @@ def _evaluate_cli(args, post_process) -> dict:
     model = AutoModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model)
     provenance = {"model": args.model, "model_fingerprint": model_fingerprint(args.model, processor),
-                  "corpus": args.corpus, "split": args.split, "dtype": dtype, "max_videos": args.max_videos}  # fmt: skip
+                  "corpus": args.corpus, "split": args.split, "dtype": dtype,
+                  "max_videos": args.max_videos}  # fmt: skip
     with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
         report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
                                 args.num_workers, show_progress=accelerator.is_local_main_process,
