@@ -465,3 +465,18 @@ def test_training_log_and_model_card_use_the_published_protocol_by_name(name, co
     assert Recorder.logged[f"eval/{key}_R@1"] == report[key]["R@1"]
     card = render_model_card(CenterCLIPConfig(), results={"MSVD": headline})
     assert f"{label} R@1" in card and (key == "v2t" or "| v2t R@1" not in card)
+
+
+def test_float16_overflow_is_an_error_not_a_score(saved_model, test_rows):
+    """Under float16 autocast a projection whose outputs exceed 65504 overflows to inf: the evaluation stops."""
+    from transformers import AutoModel, AutoProcessor
+
+    from training.evaluate import NonFiniteEmbeddingsError
+
+    model = AutoModel.from_pretrained(saved_model).eval()
+    with torch.no_grad():
+        model.visual_projection.weight.mul_(1e6)
+    processor = AutoProcessor.from_pretrained(saved_model)
+    evaluate_model(model, processor, _split(test_rows), show_progress=False)  # float32: large but finite
+    with torch.autocast("cpu", dtype=torch.float16), pytest.raises(NonFiniteEmbeddingsError, match="5 of 5 videos"):
+        evaluate_model(model, processor, _split(test_rows), show_progress=False)
