@@ -308,6 +308,7 @@ def test_embedding_cache_carries_provenance_into_the_report(saved_model, videofo
     # MSVD-like (several captions per video): the headline is CLIP4Clip's video->text protocol, by name
     assert printed.splitlines()[1].startswith("headline v2t (CLIP4Clip protocol): R@1")
     assert "(clip4clip metric convention)" in printed
+    assert printed.splitlines()[-1] == f"embeddings of model {saved_model} (fingerprint {expected}), corpus {videofolder}, split test"
 
 
 def _cache(folder: Path, num_videos: int, seed: int = 0, nan_video: int | None = None) -> Path:

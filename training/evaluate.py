@@ -630,6 +630,10 @@ def _print_report(report: dict) -> None:
                 print(f"dsl {direction}", "  ".join(f"{k} {v:.1f}" for k, v in values.items()))
         else:
             print(name, "  ".join(f"{k} {v:.1f}" for k, v in report[name].items()), f"  ({description})")
+    if report.get("provenance"):
+        origin = report["provenance"]
+        print(f"embeddings of model {origin.get('model')} (fingerprint {origin.get('model_fingerprint')}), corpus "
+              f"{origin.get('corpus')}, split {origin.get('split')}")  # fmt: skip
 
 
 if __name__ == "__main__":
