@@ -290,7 +290,7 @@ def train_model(model: CenterCLIPModel, data: DecodedSplit, steps: int, seed: in
 @torch.inference_mode()
 def retrieval(model: CenterCLIPModel, data: DecodedSplit) -> dict:
     """t2v / v2t R@K of the model on a decoded split (the repository's ranks and `evaluate` metric)."""
-    from training.evaluate import retrieval_metric, retrieval_ranks
+    from training.evaluate import ranking_report
 
     model.eval()
     videos = torch.cat([
@@ -298,9 +298,8 @@ def retrieval(model: CenterCLIPModel, data: DecodedSplit) -> dict:
         for i in range(0, len(data.pixel_values), 64)
     ])  # fmt: skip
     texts = F.normalize(model.get_text_features(input_ids=data.input_ids, attention_mask=data.attention_mask).pooler_output, dim=-1)
-    t2v, v2t = retrieval_ranks(texts, videos, data.text_to_video)
-    metric = retrieval_metric()
-    return {"t2v": metric.compute(ranks=t2v.tolist()), "v2t": metric.compute(ranks=v2t.tolist())}
+    report = ranking_report(texts, videos, data.text_to_video)  # raises on non-finite embeddings
+    return {"t2v": report["t2v"], "v2t": report[report["headline"]["v2t"]]}
 
 
 def train_and_evaluate(point: Point, seed: int, args, model_config: dict, tokenizer, train: DecodedSplit, test: DecodedSplit) -> dict:

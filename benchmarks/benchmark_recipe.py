@@ -35,7 +35,8 @@ ARCHITECTURES = {"openai/clip-vit-base-patch32": "centerclip-vitb32", "openai/cl
 # Optimizer steps of each configuration: `train.py --dry_run` on the real split files (tests/test_recipe.py).
 PLAN_STEPS = {"msrvtt_vitb32.yaml": 7030, "msrvtt_vitb32_4x49.yaml": 7030, "msrvtt_vitb16.yaml": 7030,
               "msrvtt_vitb32_meanpool.yaml": 7030, "msvd_vitb32.yaml": 1905, "lsmdc_vitb32.yaml": 3945,
-              "activitynet_vitb32.yaml": 624}  # fmt: skip
+              "activitynet_vitb32.yaml": 624, "activitynet_vitb32_12x49.yaml": 624,
+              "activitynet_vitb32_20x49.yaml": 624}  # fmt: skip
 GLOBAL_BATCH = 128
 
 

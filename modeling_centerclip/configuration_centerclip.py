@@ -10,6 +10,9 @@ from transformers import CLIPConfig
 SEGMENT_REDUCERS = ("kmedoids", "spectral", "tome", "uniform")
 CLUSTER_ALGOS = (*SEGMENT_REDUCERS, "temporal", "none")
 CLUSTER_DISTANCES = ("euclidean", "cosine")
+# Which segments of a padded (short) video enter the mean: any holding a real frame (this project's), or only those
+# whose last frame is real (the reference's `get_video_mask_after_cluster`, for converted reference checkpoints).
+SEGMENT_VALID_RULES = ("any_real_frame", "last_frame_real")
 CENTERCLIP_FIELDS = (
     "num_frames",
     "cluster_algo",
@@ -25,6 +28,7 @@ CENTERCLIP_FIELDS = (
     "temporal_groups",
     "temporal_layers",
     "temporal_merge_ratio",
+    "segment_valid_rule",
 )
 
 
@@ -96,6 +100,11 @@ class CenterCLIPConfig(CLIPConfig):
         `None` spreads them evenly ([3, 6, 9] for 12 layers and 3 groups).
     temporal_merge_ratio (`float`, defaults to 0.3):
         With `"temporal"`: share of the joined patch tokens merged away when a group is joined.
+    segment_valid_rule (`str`, defaults to `"any_real_frame"`):
+        Which segments of a video with padded frames are averaged into its embedding: `"any_real_frame"` (a
+        segment holding at least one real frame) or `"last_frame_real"` (the reference implementation's rule: only
+        segments whose last frame is real; a video none of whose segments ends on a real frame falls back to
+        `"any_real_frame"` rather than an empty mean). Only videos with padding differ.
     """
 
     model_type = "centerclip"
@@ -114,6 +123,7 @@ class CenterCLIPConfig(CLIPConfig):
     temporal_groups: list[int] | None = None
     temporal_layers: list[int] | None = None
     temporal_merge_ratio: float | int = 0.3
+    segment_valid_rule: str = "any_real_frame"
 
     @classmethod
     def from_dict(cls, config_dict, **kwargs):
@@ -202,6 +212,8 @@ class CenterCLIPConfig(CLIPConfig):
             fail("cluster_algo", f"must be one of {CLUSTER_ALGOS}")
         if self.cluster_distance not in CLUSTER_DISTANCES:
             fail("cluster_distance", f"must be one of {CLUSTER_DISTANCES}")
+        if self.segment_valid_rule not in SEGMENT_VALID_RULES:
+            fail("segment_valid_rule", f"must be one of {SEGMENT_VALID_RULES}")
         if self.num_frames < 1:
             fail("num_frames", "must be at least 1")
         if self.cluster_iters < 1:

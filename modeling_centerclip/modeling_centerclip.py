@@ -58,7 +58,7 @@ class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
         then its kept tokens. `(B * T, 1 + P, D)` with `cluster_algo="none"`.
     pooler_output (`torch.Tensor` of shape `(B, E)`):
         The video embedding before the final L2-normalisation, as CLIP's `get_image_features`: the mean of the
-        normalised segment embeddings over the segments that hold a real frame.
+        normalised segment embeddings over the segments of `segment_mask`.
     hidden_states (`tuple(torch.Tensor)`, *optional*, returned with `output_hidden_states=True`):
         `num_hidden_layers + 1` tensors, the input of every vision layer and the last output. Entries
         `0 .. cluster_layer` are per frame, `(B * T, 1 + P, D)`; entries after the cluster layer per segment,
@@ -69,7 +69,8 @@ class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
     segment_embeds (`torch.Tensor` of shape `(B, S, E)`):
         The L2-normalised segment embeddings (frame embeddings with `cluster_algo="none"`).
     segment_mask (`torch.BoolTensor` of shape `(B, S)`):
-        True for segments holding a real frame: the ones averaged into `pooler_output`.
+        True for the segments averaged into `pooler_output`: those holding a real frame, or with
+        `config.segment_valid_rule="last_frame_real"` those whose last frame is real.
     cluster_medoids (`torch.LongTensor` of shape `(B, S, K)`, *optional*, returned with `output_clusters=True`):
         The kept tokens of each segment, ascending, as indices into the segment's pooled patch tokens: token `n`
         is patch `n % P` (raster order) of the segment's frame `n // P` (with `merge_r`, P is the patch tokens
@@ -87,29 +88,33 @@ class CenterCLIPVideoOutput(BaseModelOutputWithPooling):
 @dataclass
 class CenterCLIPOutput(ModelOutput):
     r"""
+    The fields are in the order of Transformers' `XCLIPOutput` (the library's video-text output), so a tuple
+    (`return_dict=False`) indexes like X-CLIP's: `loss` (only with `return_loss=True`), `logits_per_text`,
+    `text_embeds`, `text_model_output`, `vision_model_output`, `logits_per_video`, `video_embeds`.
+
     loss (`torch.Tensor` of shape `()`, *optional*, returned when `return_loss=True`):
         Symmetric text-video contrastive loss.
     logits_per_text (`torch.Tensor` of shape `(num_texts, num_videos)`):
         `logit_scale.exp() * text_embeds @ video_embeds.T`.
-    logits_per_video (`torch.Tensor` of shape `(num_videos, num_texts)`):
-        The transpose of `logits_per_text`.
     text_embeds (`torch.Tensor` of shape `(num_texts, projection_dim)`):
         L2-normalised text embeddings.
-    video_embeds (`torch.Tensor` of shape `(num_videos, projection_dim)`):
-        L2-normalised video embeddings.
     text_model_output (`BaseModelOutputWithPooling`):
         Output of [`CenterCLIPModel.get_text_features`].
     vision_model_output (`CenterCLIPVideoOutput`):
         Output of [`CenterCLIPModel.get_video_features`].
+    logits_per_video (`torch.Tensor` of shape `(num_videos, num_texts)`):
+        The transpose of `logits_per_text`.
+    video_embeds (`torch.Tensor` of shape `(num_videos, projection_dim)`):
+        L2-normalised video embeddings.
     """
 
     loss: torch.Tensor | None = None
     logits_per_text: torch.Tensor | None = None
-    logits_per_video: torch.Tensor | None = None
     text_embeds: torch.Tensor | None = None
-    video_embeds: torch.Tensor | None = None
     text_model_output: BaseModelOutputWithPooling | None = None
     vision_model_output: CenterCLIPVideoOutput | None = None
+    logits_per_video: torch.Tensor | None = None
+    video_embeds: torch.Tensor | None = None
 
     def to_tuple(self) -> tuple[Any]:
         return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
@@ -364,7 +369,11 @@ class CenterCLIPModel(CLIPModel):
             output_attentions = config.output_attentions
         batch, num_frames = pixel_values.shape[:2]
         segments_per_video = config.num_segments if config.cluster_algo in SEGMENT_REDUCERS else num_frames
-        segment_mask = video_mask.view(batch, segments_per_video, -1).any(dim=-1)  # [B, S]
+        segment_frames = video_mask.view(batch, segments_per_video, -1)
+        segment_mask = segment_frames.any(dim=-1)  # [B, S]
+        if config.segment_valid_rule == "last_frame_real":  # the reference's rule; tensor ops only (no host sync)
+            last_real = segment_frames[:, :, -1]
+            segment_mask = last_real | (segment_mask & ~last_real.any(dim=1, keepdim=True))
 
         last_hidden_state, pooled, hidden_states, attentions, clusters = self._encode_frames(
             pixel_values.flatten(0, 1), video_mask.flatten(), has_padding, output_hidden_states, output_attentions

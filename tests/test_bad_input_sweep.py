@@ -374,8 +374,8 @@ CASES += [
         "--model", clip_without_tokenizer(tmp), "--corpus", "demo", "--device", "cpu"), SystemExit,
          r"--model .*clip: no processor_config\.json"),
     Case("evaluate --from_embeddings of a folder without them", lambda tmp: (tmp / "emb").mkdir() or evaluate_cli(
-        "--from_embeddings", str(tmp / "emb")), FileNotFoundError,
-         r"--from_embeddings .*emb: no embeddings\.safetensors \(write it with --save_embeddings\)"),
+        "--from_embeddings", str(tmp / "emb")), SystemExit,
+         r"evaluate: error: --from_embeddings .*emb: no embeddings\.safetensors \(write it with --save_embeddings\)"),
 ]  # fmt: skip
 
 

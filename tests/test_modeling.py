@@ -294,10 +294,26 @@ def test_return_dict_false_gives_the_same_values_as_a_tuple():
         as_tuple = model(**inputs(), return_loss=True, return_dict=False)
         video_tuple = model.get_video_features(inputs()["pixel_values"], return_dict=False)
     assert isinstance(as_tuple, tuple) and isinstance(video_tuple, tuple)
-    for value, expected in zip(as_tuple[:5], [as_dict.loss, as_dict.logits_per_text, as_dict.logits_per_video, as_dict.text_embeds, as_dict.video_embeds]):
-        assert torch.equal(value, expected)
-    torch.testing.assert_close(as_tuple[6][1], as_dict.vision_model_output.pooler_output)
+    # X-CLIP's order: loss, logits_per_text, text_embeds, text/vision outputs (as tuples), logits_per_video, video_embeds
+    for index, expected in [(0, as_dict.loss), (1, as_dict.logits_per_text), (2, as_dict.text_embeds),
+                            (5, as_dict.logits_per_video), (6, as_dict.video_embeds)]:  # fmt: skip
+        assert torch.equal(as_tuple[index], expected), index
+    torch.testing.assert_close(as_tuple[4][1], as_dict.vision_model_output.pooler_output)
+    torch.testing.assert_close(as_tuple[3][1], as_dict.text_model_output.pooler_output)
     torch.testing.assert_close(video_tuple[1], as_dict.vision_model_output.pooler_output)
+
+
+def test_output_fields_follow_xclip_output_order():
+    """`return_dict=False` tuples index like Transformers' own video-text model (read from the installed library)."""
+    from dataclasses import fields
+
+    from transformers.models.x_clip.modeling_x_clip import XCLIPOutput
+
+    from modeling_centerclip import CenterCLIPOutput
+
+    ours = [f.name for f in fields(CenterCLIPOutput)]
+    xclip = [f.name for f in fields(XCLIPOutput) if f.name in ours]
+    assert ours == xclip and len(ours) == 7
 
 
 def test_hidden_states_and_attentions_match_a_manual_pass_through_clips_layers(clip_folder):
@@ -360,3 +376,34 @@ def test_output_clusters_names_the_kept_tokens():
         cls = states.new_zeros(4, 1, 32)  # only the kept tokens' positions matter here
     assert kept.shape == (4, config.num_centers, 32) and layer is not None and cls.shape == (4, 1, 32)
     assert model.get_video_features(inputs()["pixel_values"]).cluster_medoids is None
+
+
+# --- short videos: which segments enter the mean (config.segment_valid_rule) -----------------------------------
+
+# (video_mask of 6 frames in 3 segments of 2, rule, expected segment_mask)
+SEGMENT_RULE_CASES = [
+    ([1, 1, 1, 1, 1, 1], "any_real_frame", [1, 1, 1]),
+    ([1, 1, 1, 1, 1, 1], "last_frame_real", [1, 1, 1]),
+    ([1, 1, 1, 0, 0, 0], "any_real_frame", [1, 1, 0]),  # segment 2 holds one real frame: counts
+    ([1, 1, 1, 0, 0, 0], "last_frame_real", [1, 0, 0]),  # the reference: segment 2 ends on padding
+    ([1, 0, 0, 0, 0, 0], "any_real_frame", [1, 0, 0]),
+    ([1, 0, 0, 0, 0, 0], "last_frame_real", [1, 0, 0]),  # no segment ends on a real frame: falls back
+    ([1, 1, 0, 0, 0, 0], "last_frame_real", [1, 0, 0]),
+]
+
+
+@pytest.mark.parametrize("mask, rule, expected", SEGMENT_RULE_CASES)
+def test_segment_valid_rule(mask, rule, expected):
+    torch.manual_seed(0)
+    model = CenterCLIPModel(tiny_centerclip_config(num_frames=6, num_segments=3, segment_valid_rule=rule)).eval()
+    video_mask = torch.tensor([mask], dtype=torch.bool)
+    with torch.no_grad():
+        out = model.get_video_features(pixel_values=inputs(batch=1, frames=6)["pixel_values"], video_mask=video_mask)
+    assert out.segment_mask.int().tolist() == [expected]
+    keep = torch.tensor(expected, dtype=torch.bool)
+    torch.testing.assert_close(out.pooler_output[0], out.segment_embeds[0, keep].mean(dim=0))
+
+
+def test_segment_valid_rule_is_checked_at_construction():
+    with pytest.raises(ValueError, match=r"segment_valid_rule='last_frame': must be one of"):
+        tiny_centerclip_config(segment_valid_rule="last_frame")

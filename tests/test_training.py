@@ -318,3 +318,31 @@ def test_killed_while_saving_a_checkpoint_resumes_from_the_newest_complete_one(t
     assert f"passing over incomplete checkpoint(s) {checkpoints / 'step_2'}" in resumed.stderr
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_1", "step_2", "step_3"]
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 3
+
+
+# (parameter, decayed here, decayed by the reference's name rule): the documented difference, row by row
+WEIGHT_DECAY_RULES = [
+    ("visual_projection.weight", True, True),
+    ("vision_model.encoder.layers.0.mlp.fc1.weight", True, True),
+    ("vision_model.encoder.layers.0.mlp.fc1.bias", False, False),
+    ("vision_model.encoder.layers.0.layer_norm1.weight", False, True),  # CLIP's norms never match "LayerNorm"
+    ("text_model.final_layer_norm.weight", False, True),
+    ("logit_scale", False, True),
+]
+
+
+@pytest.mark.parametrize("name, decayed, reference_decays", WEIGHT_DECAY_RULES, ids=[row[0] for row in WEIGHT_DECAY_RULES])
+def test_weight_decay_exempts_1d_parameters_unlike_the_reference(name, decayed, reference_decays):
+    from types import SimpleNamespace
+
+    from tiny_models import tiny_centerclip_config
+
+    from modeling_centerclip import CenterCLIPModel
+    from training.train import parameter_groups
+
+    model = CenterCLIPModel(tiny_centerclip_config())
+    groups = parameter_groups(model, SimpleNamespace(learning_rate=1e-5, new_learning_rate=1e-4, weight_decay=0.2))
+    group = next(group for group in groups if name in group["param_names"])
+    assert (group["weight_decay"] > 0) == decayed
+    no_decay = ["bias", "LayerNorm.bias", "LayerNorm.weight"]  # the reference's exemption, by name
+    assert (not any(part in name for part in no_decay)) == reference_decays

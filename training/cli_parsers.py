@@ -24,8 +24,10 @@ MIRRORED = {
     "CLUSTER_DISTANCES": "modeling_centerclip.configuration_centerclip.CLUSTER_DISTANCES",
     "CORPUS_KEYS": "training.corpora.CORPUS_KEYS",
     "INDEX_KINDS": "search.ann.KINDS",
+    "METRIC_CONVENTIONS": "training.evaluate.METRIC_CONVENTIONS",
 }
 POST_PROCESSES = ("none", "dsl")
+METRIC_CONVENTIONS = ("strict", "clip4clip")
 HUB_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "hub_configs"
 SIDECAR_NAME = "hub.json"
 CORPUS_NAMES = "msrvtt / msvd / lsmdc / activitynet / demo"
@@ -92,7 +94,11 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
                         help="autocast dtype of the encoders (auto: bfloat16/float16 on a GPU, float32 on the CPU)")
     parser.add_argument("--post_process", choices=POST_PROCESSES, default="none",
                         help="dsl: also report dual-softmax (inverted softmax) re-scored results, beside the plain ones")
-    parser.add_argument("--save_embeddings", metavar="DIR", help="write the embeddings and ids here (safetensors + JSON)")
+    parser.add_argument("--metric_convention", choices=METRIC_CONVENTIONS, default="strict",
+                        help="strict: ties count against the model, MdR averages the middle two; clip4clip: "
+                        "CLIP4Clip's metrics.py number for number (see docs/training.md)")  # fmt: skip
+    parser.add_argument("--save_embeddings", metavar="DIR",
+                        help="write the embeddings, ids and provenance here (safetensors + JSON)")
     parser.add_argument("--output", help="write the JSON report here")
     return parser
 

@@ -524,6 +524,20 @@ def expand_captions(split):
 CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
 
 
+def _check_loader_options(name: str, loader, options: dict) -> None:
+    """A missing or inapplicable corpus option is a `ValueError` naming the flag, not a `TypeError` from the call."""
+    import inspect
+
+    parameters = inspect.signature(loader).parameters
+    missing = [key for key, p in parameters.items() if p.default is p.empty and key not in options and key != "folder"]
+    if missing:
+        raise ValueError(f"corpus {name} needs {', '.join('--' + key for key in missing)}")
+    unexpected = [key for key in options if key not in parameters]
+    if unexpected:
+        raise ValueError(f"corpus {name}: {', '.join('--' + key for key in unexpected)} do(es) not apply to it "
+                         f"(options for the named corpora {', '.join(CORPORA[:-1])})")  # fmt: skip
+
+
 def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     """Load a corpus by name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`), a videofolder path or a frame
     store folder (`training.frame_store`, its frames already decoded).
@@ -535,6 +549,7 @@ def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     name = os.fspath(name_or_folder)
     loaders = {"msrvtt": load_msrvtt, "msvd": load_msvd, "lsmdc": load_lsmdc, "activitynet": load_activitynet}
     if name in loaders:
+        _check_loader_options(name, loaders[name], kwargs)
         return loaders[name](**kwargs)
     if name == "demo":
         from .demo_corpus import generate_demo_corpus
@@ -548,5 +563,6 @@ def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     if is_frame_store(name):  # written by training.prepare_frames
         return load_frame_store(name, **kwargs)
     if os.path.isdir(name):
+        _check_loader_options(name, load_videofolder, kwargs)
         return load_videofolder(name, **kwargs)
     raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a folder with metadata.jsonl/.csv")

@@ -4,15 +4,26 @@
         --split test --output report.json --save_embeddings outputs/demo/embeddings
     python training/evaluate.py --from_embeddings outputs/demo/embeddings --post_process dsl   # no re-encoding
 
-Ranks start at 1. Ties with a wrong candidate count against the model (pessimistic): the rank of the ground
-truth is 1 + the number of wrong candidates scoring at least as high as the best right one, so a model that
-scores everything equally gets the worst rank, never a lucky one. Right candidates tied with the best right one
-(two identical captions of one video) are no competitors.
+Ranks start at 1. Two metric conventions (`--metric_convention`, documented in docs/training.md):
+- `strict` (the default): ties with a wrong candidate count against the model (pessimistic): the rank of the
+  ground truth is 1 + the number of wrong candidates scoring at least as high as the best right one, so a model
+  that scores everything equally gets the worst rank, never a lucky one. Right candidates tied with the best right
+  one (two identical captions of one video) are no competitors. MdR of an even count averages the middle two.
+- `clip4clip`: CLIP4Clip's `metrics.py`, number for number on the same similarity matrix. One caption per video
+  (its `compute_metrics`): a query whose ground truth ties with k other candidates adds k + 1 ranks, one per tied
+  position, to the list that R@K, MdR and MnR are taken over. Several captions per video: text->video breaks ties
+  by video order (its double argsort) and MdR of an even count is the lower middle rank (`torch.median`);
+  video->text is `compute_metrics` on the videos x (each video's best caption) matrix.
+
+Non-finite embeddings are an error that names the videos and captions (`NonFiniteEmbeddingsError`), never a
+score: `scores >= NaN` is all False, so a NaN ground truth would otherwise be ranked first.
 
 Several captions per video (MSVD), two video->text protocols, both reported:
 - `v2t` ("all captions"): every caption of every other video competes; the rank is that of the video's best caption.
 - `v2t_clip4clip` (CLIP4Clip's protocol, the one published tables use): of every other video only its
   best-scoring caption competes. With one caption per video the two are the same and only `v2t` is reported.
+`report["headline"]` names, per direction, the protocol published tables use (`published_protocols`); training
+logs, model cards and the first printed lines report those, labelled with their names.
 
 `--post_process dsl` adds dual-softmax (inverted softmax) re-scored results under `dsl`, beside the plain ones:
 each similarity is multiplied by the softmax, over the other side's queries, of `temperature * similarity`.
@@ -55,7 +66,36 @@ PROTOCOL_NAMES = {
     "v2t_clip4clip": "video->text, CLIP4Clip protocol: only each other video's best-scoring caption competes",
     "dsl": "the same, re-scored with the dual softmax (inverted softmax) over the other side's queries",
 }
-EMBEDDINGS_FILE, IDS_FILE = "embeddings.safetensors", "ids.json"
+METRIC_CONVENTIONS = ("strict", "clip4clip")
+HEADLINE_LABELS = {"t2v": "t2v", "v2t": "v2t", "v2t_clip4clip": "v2t (CLIP4Clip protocol)"}
+
+
+class NonFiniteEmbeddingsError(ValueError):
+    """NaN or inf video or caption embeddings: no metric is computed from them."""
+
+
+def _named(indices: list[int], names: list[str] | None, limit: int = 5) -> str:
+    shown = [repr(names[i]) if names is not None else f"#{i}" for i in indices[:limit]]
+    return ", ".join(shown) + (f" and {len(indices) - limit} more" if len(indices) > limit else "")
+
+
+def check_finite_embeddings(text_embeds: torch.Tensor, video_embeds: torch.Tensor, video_names: list[str] | None = None,
+                            captions: list[str] | None = None) -> None:  # fmt: skip
+    """Raise `NonFiniteEmbeddingsError` naming the videos and captions whose embeddings hold NaN or inf."""
+    bad_videos = (~torch.isfinite(video_embeds).all(dim=1)).nonzero().flatten().tolist()
+    bad_texts = (~torch.isfinite(text_embeds).all(dim=1)).nonzero().flatten().tolist()
+    if not bad_videos and not bad_texts:
+        return
+    parts = []
+    if bad_videos:
+        parts.append(f"{len(bad_videos)} of {len(video_embeds)} videos ({_named(bad_videos, video_names)})")
+    if bad_texts:
+        parts.append(f"{len(bad_texts)} of {len(text_embeds)} captions ({_named(bad_texts, captions)})")
+    raise NonFiniteEmbeddingsError(
+        f"non-finite (NaN or inf) embeddings of {' and '.join(parts)}: no metric is computed from them. Check the "
+        "model weights (a diverged training makes them NaN) and, with --dtype float16, overflow (try bfloat16 or "
+        "float32)"
+    )
 
 
 def best_positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
@@ -74,6 +114,24 @@ def best_positive_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.
     return 1 + ((scores >= best) & ~positives).sum(dim=1)
 
 
+def tied_position_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """CLIP4Clip's `compute_metrics` ranks: every position of the sorted row whose score equals the ground truth's,
+    so a ground truth tied with k other candidates gives k + 1 ranks (flattened over the rows, row by row)."""
+    truth = scores.gather(1, targets[:, None])
+    greater, equal = (scores > truth).sum(dim=1), (scores == truth).sum(dim=1)
+    first = torch.repeat_interleave(greater, equal)
+    within = torch.arange(len(first)) - torch.repeat_interleave(equal.cumsum(0) - equal, equal)
+    return 1 + first + within
+
+
+def stable_sort_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Rank of the ground truth under a stable descending sort of each row (CLIP4Clip's double argsort): tied
+    candidates come in index order."""
+    truth = scores.gather(1, targets[:, None])
+    before = torch.arange(scores.shape[1])[None, :] < targets[:, None]
+    return 1 + (scores > truth).sum(dim=1) + ((scores == truth) & before).sum(dim=1)
+
+
 def _dsl_log_normalisers(queries: torch.Tensor, candidates: torch.Tensor, temperature: float, chunk_size: int):
     """For every candidate, logsumexp over all queries of `temperature * similarity` ([C]), `chunk_size` at a time."""
     total = torch.full((candidates.shape[0],), float("-inf"))
@@ -85,14 +143,18 @@ def _dsl_log_normalisers(queries: torch.Tensor, candidates: torch.Tensor, temper
 
 def _scores(queries, candidates, log_normalisers, temperature):
     scores = queries @ candidates.t()
-    if log_normalisers is None:
-        return scores
-    return scores * torch.exp(temperature * scores - log_normalisers[None, :])  # dual softmax prior
+    if log_normalisers is not None:
+        scores = scores * torch.exp(temperature * scores - log_normalisers[None, :])  # dual softmax prior
+    if not bool(torch.isfinite(scores).all()):  # finite but huge embeddings (an unnormalised cache) overflow
+        raise NonFiniteEmbeddingsError("the similarity of finite embeddings overflowed to inf or NaN: are they "
+                                       "L2-normalised?")  # fmt: skip
+    return scores
 
 
 def retrieval_ranks(
     text_embeds: torch.Tensor, video_embeds: torch.Tensor, text_to_video: torch.Tensor, chunk_size: int = 1024,
     *, v2t_protocol: str = "all_captions", post_process: str | None = None, dsl_temperature: float = DSL_TEMPERATURE,
+    convention: str = "strict",
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Ground-truth ranks both ways, computing the similarity `chunk_size` rows at a time.
 
@@ -104,8 +166,11 @@ def retrieval_ranks(
         v2t_protocol: `all_captions` (every caption competes) or `clip4clip` (only each other video's
             best-scoring caption competes).
         post_process: None / `none`, or `dsl`: dual-softmax re-scoring with `dsl_temperature`.
+        convention: `strict` (ties count against the model) or `clip4clip` (CLIP4Clip's `metrics.py`; with one
+            caption per video a tied query gives one rank per tied position, so the lists may be longer than the
+            queries; with several, `v2t_protocol` must be `clip4clip`).
     Returns:
-        (t2v_ranks [Nt], v2t_ranks [Nv]), long, starting at 1.
+        (t2v_ranks, v2t_ranks), long, starting at 1: one per caption and one per video (`strict`).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
@@ -113,6 +178,8 @@ def retrieval_ranks(
         raise ValueError(f"v2t_protocol must be one of {V2T_PROTOCOLS}, got {v2t_protocol!r}")
     if post_process not in (None, *POST_PROCESSES):
         raise ValueError(f"post_process must be one of {POST_PROCESSES}, got {post_process!r}")
+    if convention not in METRIC_CONVENTIONS:
+        raise ValueError(f"metric convention must be one of {METRIC_CONVENTIONS}, got {convention!r}")
     num_videos = video_embeds.shape[0]
     text_to_video = torch.as_tensor(text_to_video, dtype=torch.long)
     if text_to_video.shape != (text_embeds.shape[0],):
@@ -123,6 +190,13 @@ def retrieval_ranks(
     missing[text_to_video] = False
     if missing.any():
         raise ValueError(f"text_to_video: videos {missing.nonzero().flatten()[:10].tolist()} have no caption")
+    multi_caption = text_to_video.numel() > num_videos
+    clip4clip = convention == "clip4clip"
+    if clip4clip and multi_caption and v2t_protocol != "clip4clip":
+        raise ValueError("the clip4clip metric convention has no all-captions video->text protocol; with several "
+                         "captions per video use v2t_protocol='clip4clip'")  # fmt: skip
+    # one caption per video: the caption of each video (CLIP4Clip's square matrix has it on the diagonal)
+    caption_of = torch.empty(num_videos, dtype=torch.long).scatter_(0, text_to_video, torch.arange(len(text_to_video)))
 
     dsl = post_process == "dsl"
     t2v_norm = _dsl_log_normalisers(text_embeds, video_embeds, dsl_temperature, chunk_size) if dsl else None
@@ -131,6 +205,9 @@ def retrieval_ranks(
     for start in range(0, text_embeds.shape[0], chunk_size):
         targets = text_to_video[start : start + chunk_size]
         scores = _scores(text_embeds[start : start + chunk_size], video_embeds, t2v_norm, dsl_temperature)
+        if clip4clip:
+            t2v.append(stable_sort_ranks(scores, targets) if multi_caption else tied_position_ranks(scores, targets))
+            continue
         positives = torch.zeros_like(scores, dtype=torch.bool)
         positives[torch.arange(len(targets)), targets] = True
         t2v.append(best_positive_ranks(scores, positives))
@@ -142,7 +219,12 @@ def retrieval_ranks(
             index = text_to_video[None, :].expand(len(video_ids), -1)
             scores = torch.full((len(video_ids), num_videos), float("-inf"), dtype=scores.dtype).scatter_reduce(
                 1, index, scores, reduce="amax")  # fmt: skip
-            v2t.append(best_positive_ranks(scores, video_ids[:, None] == torch.arange(num_videos)[None, :]))
+            if clip4clip:
+                v2t.append(tied_position_ranks(scores, video_ids))
+            else:
+                v2t.append(best_positive_ranks(scores, video_ids[:, None] == torch.arange(num_videos)[None, :]))
+        elif clip4clip:  # one caption per video
+            v2t.append(tied_position_ranks(scores, caption_of[video_ids]))
         else:
             v2t.append(best_positive_ranks(scores, video_ids[:, None] == text_to_video[None, :]))
     return torch.cat(t2v), torch.cat(v2t)
@@ -261,71 +343,94 @@ def retrieval_metric():
     return evaluate.load(METRIC_PATH, keep_in_memory=True)
 
 
+def published_protocols(report: dict) -> dict[str, str]:
+    """Per direction, the report key that published tables use: `t2v`, and for video->text CLIP4Clip's protocol
+    when a video has several captions (MSVD), else `v2t` (the two are then the same)."""
+    return {"t2v": "t2v", "v2t": "v2t_clip4clip" if "v2t_clip4clip" in report else "v2t"}
+
+
+def headline_results(report: dict) -> dict[str, float]:
+    """The published protocols' metrics, flat and labelled: `{"t2v R@1": ..., "v2t (CLIP4Clip protocol) R@1": ...}`
+    (or `v2t R@1` with one caption per video): what training logs and model cards report."""
+    return {f"{HEADLINE_LABELS[key]} {name}": value for key in published_protocols(report).values()
+            for name, value in report[key].items()}  # fmt: skip
+
+
 def ranking_report(text_embeds, video_embeds, text_to_video, chunk_size: int = 1024,
-                   post_process: str | None = None) -> dict:  # fmt: skip
+                   post_process: str | None = None, *, convention: str = "strict",
+                   video_names: list[str] | None = None, captions: list[str] | None = None) -> dict:  # fmt: skip
     """Metrics of given embeddings: `t2v`, `v2t` (all captions), `v2t_clip4clip` when a video has several
-    captions, `dsl` (the same under dual softmax) with `post_process="dsl"`, and `protocols` naming them."""
+    captions, `dsl` (the same under dual softmax) with `post_process="dsl"`, `protocols` naming them, `headline`
+    (`published_protocols`) and `metric_convention`.
+
+    Non-finite embeddings raise `NonFiniteEmbeddingsError` naming them (by `video_names` / `captions` if given).
+    Under the `clip4clip` convention a multi-caption report has no all-captions `v2t` (CLIP4Clip has none).
+    """
+    check_finite_embeddings(text_embeds, video_embeds, video_names, captions)
     text_to_video = torch.as_tensor(text_to_video, dtype=torch.long)
     multi_caption = text_to_video.numel() > video_embeds.shape[0]
     metric = retrieval_metric()
+    clip4clip = convention == "clip4clip"
+    names = ["t2v"] + ([] if clip4clip and multi_caption else ["v2t"]) + (["v2t_clip4clip"] if multi_caption else [])
 
     def metrics(process):
-        t2v, v2t = retrieval_ranks(text_embeds, video_embeds, text_to_video, chunk_size, post_process=process)
-        result = {"t2v": metric.compute(ranks=t2v.tolist()), "v2t": metric.compute(ranks=v2t.tolist())}
+        def ranks(protocol):
+            return retrieval_ranks(text_embeds, video_embeds, text_to_video, chunk_size, v2t_protocol=protocol,
+                                   post_process=process, convention=convention)  # fmt: skip
+
+        t2v, v2t = ranks("clip4clip" if clip4clip and multi_caption else "all_captions")
+        # CLIP4Clip's multi-caption text->video takes torch.median: the lower middle rank of an even count
+        result = {"t2v": metric.compute(ranks=t2v.tolist(), lower_median=clip4clip and multi_caption)}
+        if "v2t" in names:
+            result["v2t"] = metric.compute(ranks=v2t.tolist())
         if multi_caption:
-            _, clip4clip = retrieval_ranks(text_embeds, video_embeds, text_to_video, chunk_size,
-                                           v2t_protocol="clip4clip", post_process=process)  # fmt: skip
-            result["v2t_clip4clip"] = metric.compute(ranks=clip4clip.tolist())
+            result["v2t_clip4clip"] = metric.compute(ranks=(v2t if clip4clip else ranks("clip4clip")[1]).tolist())
         return result
 
     report = metrics(None)
-    names = ["t2v", "v2t"] + (["v2t_clip4clip"] if multi_caption else [])
     if post_process == "dsl":
         report["dsl"] = metrics("dsl")
         names.append("dsl")
     report["protocols"] = {name: PROTOCOL_NAMES[name] for name in names}
+    report["headline"] = published_protocols(report)
+    report["metric_convention"] = convention
     return report
 
 
-def save_embeddings(folder: str, text_embeds, video_embeds, text_to_video, video_ids, captions, left_out) -> None:
-    """`embeddings.safetensors` (text_embeds, video_embeds, text_to_video) and `ids.json` (video ids, captions and
-    the videos left out), enough to rerun the ranking with `rank_saved_embeddings`."""
-    from safetensors.torch import save_file
+def rank_saved_embeddings(folder: str, chunk_size: int = 1024, post_process: str | None = None, *,
+                          convention: str = "strict") -> dict:  # fmt: skip
+    """The report of `evaluate_model` from embeddings it saved (no model, no videos), with their provenance.
 
-    os.makedirs(folder, exist_ok=True)
-    save_file({"text_embeds": text_embeds.contiguous(), "video_embeds": video_embeds.contiguous(),
-               "text_to_video": torch.as_tensor(text_to_video, dtype=torch.long)}, os.path.join(folder, EMBEDDINGS_FILE))  # fmt: skip
-    with open(os.path.join(folder, IDS_FILE), "w", encoding="utf-8") as handle:
-        json.dump({"video_ids": video_ids, "captions": captions, "left_out": left_out}, handle, indent=1)
+    The two files must agree (`training.embedding_cache.load_embeddings` refuses a mismatch, naming the file)."""
+    from training.embedding_cache import load_embeddings
 
-
-def rank_saved_embeddings(folder: str, chunk_size: int = 1024, post_process: str | None = None) -> dict:
-    """The report of `evaluate_model` from embeddings it saved (no model, no videos)."""
-    from safetensors.torch import load_file
-
-    for name in (EMBEDDINGS_FILE, IDS_FILE):
-        if not os.path.isfile(os.path.join(folder, name)):
-            raise FileNotFoundError(f"--from_embeddings {folder}: no {name} (write it with --save_embeddings)")
-    tensors = load_file(os.path.join(folder, EMBEDDINGS_FILE))
-    with open(os.path.join(folder, IDS_FILE), encoding="utf-8") as handle:
-        ids = json.load(handle)
-    report = ranking_report(tensors["text_embeds"], tensors["video_embeds"], tensors["text_to_video"], chunk_size,
-                            post_process)  # fmt: skip
-    report.update(num_videos=len(ids["video_ids"]), num_captions=len(ids["captions"]), left_out=ids["left_out"])
+    cache = load_embeddings(folder)
+    try:
+        report = ranking_report(cache.text_embeds, cache.video_embeds, cache.text_to_video, chunk_size, post_process,
+                                convention=convention, video_names=cache.video_ids, captions=cache.captions)
+    except ValueError as error:
+        raise type(error)(f"--from_embeddings {folder}: {error}") from None
+    report.update(num_videos=len(cache.video_ids), num_captions=len(cache.captions), left_out=cache.left_out,
+                  provenance=cache.provenance)  # fmt: skip
     return report
 
 
 def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: int = 1024,
                    max_videos: int | None = None, num_workers: int = 0, show_progress: bool = True, *,
-                   accelerator=None, post_process: str | None = None, save_embeddings_to: str | None = None) -> dict:  # fmt: skip
+                   accelerator=None, post_process: str | None = None, save_embeddings_to: str | None = None,
+                   convention: str = "strict", provenance: dict | None = None) -> dict:  # fmt: skip
     """Text-video retrieval metrics of `model` on a corpus split (a `datasets.Dataset` with `video`, `caption`).
 
     Each unique video and each caption is encoded once; ranks are computed `chunk_size` queries at a time. With
     an `accelerator` of several processes every process must call this: each encodes its block of the videos
-    (under whatever autocast the caller set), and all get the same report.
+    (under whatever autocast the caller set), and all get the same report. Non-finite embeddings (diverged
+    weights, float16 overflow) raise `NonFiniteEmbeddingsError` naming the videos and captions; nothing is saved.
+    `provenance` (model, fingerprint, corpus, split, ...) goes into the saved embeddings; `convention` is the
+    metric convention (`strict` or `clip4clip`, see the module docstring).
     Returns `{"t2v": {"R@1", "R@5", "R@10", "MdR", "MnR"}, "v2t": {...}, ["v2t_clip4clip"], ["dsl"], "protocols",
-    "num_videos", "num_captions", "left_out", "video_encode_s", "videos_per_second", "eval_time_s"}` (R@K in
-    percent); `videos_per_second` counts the model's video tower only, `eval_time_s` everything including decoding.
+    "headline", "metric_convention", "num_videos", "num_captions", "left_out", "video_encode_s",
+    "videos_per_second", "eval_time_s"}` (R@K in percent); `videos_per_second` counts the model's video tower only,
+    `eval_time_s` everything including decoding.
     """
     from training.frame_store import videos_to_encode
 
@@ -360,9 +465,16 @@ def evaluate_model(model, processor, split, batch_size: int = 32, chunk_size: in
         video_embeds, video_ids = video_embeds[decoded], [v for v, ok in zip(video_ids, decoded.tolist()) if ok]
         text_embeds, text_to_video = text_embeds[keep_captions], new_index[text_to_video[keep_captions]]
         captions = [c for c, keep in zip(captions, keep_captions.tolist()) if keep]
+    check_finite_embeddings(text_embeds, video_embeds, video_ids, captions)
     if save_embeddings_to and (accelerator is None or accelerator.is_main_process):
-        save_embeddings(save_embeddings_to, text_embeds, video_embeds, text_to_video, video_ids, captions, left_out)
-    report = ranking_report(text_embeds, video_embeds, text_to_video, chunk_size, post_process)
+        from training.embedding_cache import save_embeddings
+
+        if provenance is None:
+            provenance = {"model": getattr(model.config, "_name_or_path", None) or None, "model_fingerprint": None}
+        save_embeddings(save_embeddings_to, text_embeds, video_embeds, text_to_video, video_ids, captions, left_out,
+                        provenance)  # fmt: skip
+    report = ranking_report(text_embeds, video_embeds, text_to_video, chunk_size, post_process, convention=convention,
+                            video_names=video_ids, captions=captions)  # fmt: skip
     report.update(num_videos=len(video_ids), num_captions=len(captions), left_out=left_out, video_encode_s=video_time,
                   videos_per_second=(last - first) / video_time if video_time > 0 else float("inf"),
                   eval_time_s=time.perf_counter() - start)  # fmt: skip
@@ -386,17 +498,21 @@ def check_model_folder(model: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """Evaluate. A user's mistake (a missing or malformed file, a bad argument, NaN embeddings) raises
+    `ValueError` / `OSError`; run as a command (`training.cli_errors.run_cli`) it is one line and exit status 2."""
     parser = build_evaluate_parser()
     args = parser.parse_args(argv)
     post_process = None if args.post_process == "none" else args.post_process
 
     if args.from_embeddings:
-        report = rank_saved_embeddings(args.from_embeddings, args.chunk_size, post_process)
+        report = rank_saved_embeddings(args.from_embeddings, args.chunk_size, post_process,
+                                       convention=args.metric_convention)  # fmt: skip
         report.update(embeddings=args.from_embeddings)
     else:
         if not args.corpus:
-            parser.error("--corpus is required with --model")
-        report = _evaluate_cli(parser, args, post_process)
+            raise ValueError("--corpus is required with --model (a videofolder or frame store path, or msrvtt / "
+                             "msvd / lsmdc / activitynet / demo)")  # fmt: skip
+        report = _evaluate_cli(args, post_process)
         if report is None:
             return {}
     _print_report(report)
@@ -407,15 +523,24 @@ def main(argv: list[str] | None = None) -> dict:
     return report
 
 
-def _evaluate_cli(parser, args, post_process) -> dict:
-    if args.num_workers < 0:
-        parser.error(f"--num_workers {args.num_workers}: must be >= 0")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device cuda: this torch ({torch.__version__}) has no usable CUDA device; use --device cpu")
+def model_fingerprint(model: str, processor) -> str | None:
+    """The search index's fingerprint of a model folder (weights, config, processor settings); None (with a
+    warning) for a Hub id not in the local cache, or without the `[search]` extra that holds the helper."""
     try:
-        check_model_folder(args.model)
-    except ValueError as error:
-        parser.error(str(error))
+        from search.models import fingerprint, resolve_model_dir
+
+        return fingerprint(resolve_model_dir(model), {}, processor)
+    except (ImportError, OSError, ValueError) as error:
+        logger.warning("evaluation: no fingerprint of model %s (%s); the report names it only", model, error)
+        return None
+
+
+def _evaluate_cli(args, post_process) -> dict:
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers {args.num_workers}: must be >= 0")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device cuda: this torch ({torch.__version__}) has no usable CUDA device; use --device cpu")
+    check_model_folder(args.model)
     import modeling_centerclip  # noqa: F401  registers the Auto classes
     from accelerate import Accelerator
     from transformers import AutoModel, AutoProcessor
@@ -430,26 +555,39 @@ def _evaluate_cli(parser, args, post_process) -> dict:
     corpus_kwargs = {k: getattr(args, k) for k in CORPUS_KEYS if getattr(args, k, None)}
     corpus = load_corpus(args.corpus, **corpus_kwargs)
     if args.split not in corpus:
-        parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
+        raise ValueError(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
     model = AutoModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model)
+    provenance = {"model": args.model, "model_fingerprint": model_fingerprint(args.model, processor),
+                  "corpus": args.corpus, "split": args.split, "dtype": dtype,
+                  "max_videos": args.max_videos}  # fmt: skip
     with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
         report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
                                 args.num_workers, show_progress=accelerator.is_local_main_process,
                                 accelerator=accelerator, post_process=post_process,
-                                save_embeddings_to=args.save_embeddings)  # fmt: skip
+                                save_embeddings_to=args.save_embeddings, convention=args.metric_convention,
+                                provenance=provenance)  # fmt: skip
     report.update(model=args.model, corpus=args.corpus, split=args.split, dtype=dtype,
-                  num_processes=accelerator.num_processes)  # fmt: skip
+                  num_processes=accelerator.num_processes, provenance=provenance)  # fmt: skip
     return report if accelerator.is_main_process else None
 
 
 def _print_report(report: dict) -> None:
+    """The published protocols first, labelled (`headline_results`), then every protocol with its description."""
+    convention = report.get("metric_convention", "strict")
+    for key in published_protocols(report).values():
+        print(f"headline {HEADLINE_LABELS[key]}:", "  ".join(f"{k} {v:.1f}" for k, v in report[key].items()),
+              f"  ({convention} metric convention)")  # fmt: skip
     for name, description in report["protocols"].items():
         if name == "dsl":
             for direction, values in report["dsl"].items():
                 print(f"dsl {direction}", "  ".join(f"{k} {v:.1f}" for k, v in values.items()))
         else:
             print(name, "  ".join(f"{k} {v:.1f}" for k, v in report[name].items()), f"  ({description})")
+    if report.get("provenance"):
+        origin = report["provenance"]
+        print(f"embeddings of model {origin.get('model')} (fingerprint {origin.get('model_fingerprint')}), corpus "
+              f"{origin.get('corpus')}, split {origin.get('split')}")  # fmt: skip
 
 
 if __name__ == "__main__":

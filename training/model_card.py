@@ -108,6 +108,8 @@ def _cluster_table(config: CenterCLIPConfig) -> str:
             ("k-medoids distance", config.cluster_distance),
             ("k-medoids max iterations", config.cluster_iters),
         ]
+    if config.segment_valid_rule != "any_real_frame":  # short videos embed as in the reference implementation
+        rows.append(("segments averaged for padded videos", f"`{config.segment_valid_rule}`"))
     if config.cluster_algo == "spectral":
         knn = config.spectral_knn if config.spectral_knn is not None else f"{config.default_spectral_knn} (default)"
         rows += [("spectral sigma", config.spectral_sigma), ("spectral k-nearest neighbours", knn)]
@@ -204,7 +206,8 @@ def render_model_card(
         source: a saved model folder (its `config.json` and `processor_config.json` are read) or a config.
         repo_id: the Hub id used in the loading snippet; defaults to the folder's name.
         results: this checkpoint's evaluation, `{dataset: {metric: value}}`, e.g.
-            `{"MSR-VTT 1k-A": {"t2v R@1": 44.1, "v2t R@1": 42.8}}`.
+            `{"MSR-VTT 1k-A": {"t2v R@1": 44.1, "v2t R@1": 42.8}}`; `training.evaluate.headline_results(report)`
+            gives the protocols published tables use, labelled (MSVD: `"v2t (CLIP4Clip protocol) R@1"`).
         training_data: one line on what the weights were fine-tuned on; `None` says they are not fine-tuned.
         base_model: the Hub id the weights come from (a local path is not put into the metadata).
         license: the weights' license (a Hub license id); `None` leaves it out of the metadata and says the base

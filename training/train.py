@@ -4,10 +4,10 @@
     python training/train.py --config training/configs/msvd_vitb32.yaml ... --dry_run   # print the plan only
 
 Settings, `--config` files and their validation live in `training.config`; checkpoints in `training.checkpoints`.
-Defaults follow the paper's recipe (docs/design.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on
-biases, norms and other 1-d parameters), lr 5e-6 for CLIP's weights and `new_learning_rate` for weights that
-stock CLIP lacks, 10 % linear warm-up then cosine decay, gradient-norm clip 1.0, mixed precision on GPUs,
-frozen embedding stems, `logit_scale` clamped at ln(100) after every step, one item per (video, caption) pair,
+Defaults follow the paper's recipe (docs/design.md): AdamW (betas 0.9/0.98, eps 1e-6, weight decay 0.2 except on 1-d
+parameters, unlike the reference: see `parameter_groups`), lr 5e-6 for CLIP's weights and `new_learning_rate` for
+weights that stock CLIP lacks, 10 % linear warm-up then cosine decay, gradient-norm clip 1.0, mixed precision on
+GPUs, frozen embedding stems, `logit_scale` clamped at ln(100) after every step, one item per (video, caption) pair,
 `global_batch_size` split over processes and accumulation steps.
 
 The contrastive loss sees the global batch: embeddings of all processes are gathered with their gradients
@@ -61,6 +61,7 @@ from training.checkpoints import checkpoint_step, find_checkpoint, read_history,
 from training.config import (PLAN_KEYS, checkpoint_tokenizer_remedy, model_config_settings, parse_args,
                              per_device_batch_size)
 from training.corpora import CORPUS_KEYS, all_captions, expand_captions
+from training.evaluate import headline_results
 from training.losses import batch_loss
 from training.tokenizer import check_tokenizer
 
@@ -173,7 +174,8 @@ def new_parameter_names(model: CenterCLIPModel) -> set[str]:
 def parameter_groups(model, args) -> list[dict]:
     """AdamW groups keyed by name: CLIP weights and new weights, each with and without weight decay.
 
-    No decay on 1-d parameters (biases, norm gains, `logit_scale`, class embedding). Frozen parameters are left out.
+    No decay on 1-d parameters (biases, norm gains, `logit_scale`; frozen ones are left out). This differs from the
+    reference, which exempts names with `bias`/`LayerNorm` only and so decays CLIP's `ln_*` gains and `logit_scale`.
     """
     new = new_parameter_names(model)
     groups = {
@@ -486,18 +488,18 @@ def _log_evaluation(accelerator, history: list, step: int, results: dict) -> Non
     if not results:
         return
     history.append({"step": step, "eval": results})
-    flat = {f"eval/{direction}_{name}": value for direction in ("t2v", "v2t") for name, value in results[direction].items()}
-    accelerator.log(flat, step=step)
-    logger.info(f"step {step}: t2v R@1 {results['t2v']['R@1']:.1f}, v2t R@1 {results['v2t']['R@1']:.1f}",
-                main_process_only=True)  # fmt: skip
+    accelerator.log({f"eval/{key}_{name}": value for key in results["protocols"] if key != "dsl"
+                     for name, value in results[key].items()}, step=step)  # fmt: skip
+    r1 = ", ".join(f"{k} {v:.1f}" for k, v in headline_results(results).items() if k.endswith("R@1"))
+    logger.info(f"step {step}: {r1}", main_process_only=True)  # the published protocols, by name
 
 
 def push(folder: str, args, results: dict) -> None:
     from training.model_card import render_model_card
     from training.publish import push_folder
 
-    card_results = {args.corpus: {f"{d} {k}": v for d in ("t2v", "v2t") for k, v in results.get(d, {}).items()}}
-    card = render_model_card(folder, repo_id=args.hub_model_id, results=card_results if results else None,
+    card_results = {args.corpus: headline_results(results)} if results else None  # MSVD v2t: CLIP4Clip's protocol
+    card = render_model_card(folder, repo_id=args.hub_model_id, results=card_results,
                              training_data=f"Fine-tuned on `{args.corpus}` ({args.train_split} split) with training/train.py.",
                              base_model=args.model_name_or_path)  # fmt: skip
     Path(folder, "README.md").write_text(card, encoding="utf-8")

@@ -26,6 +26,8 @@ Args:
     ranks (`list` of `int`): rank of the ground truth for each query, 1 = retrieved first.
         With several captions per video (MSVD), video->text queries pass the best rank among the video's captions.
     recall_at (`list` of `int`, *optional*, defaults to `[1, 5, 10]`): the K values of R@K.
+    lower_median (`bool`, *optional*, defaults to `False`): MdR of an even number of ranks is the lower middle rank
+        (`torch.median`, as CLIP4Clip's multi-caption text->video path) instead of the mean of the middle two.
 Returns:
     `dict`: `R@K` (percent, 0-100) for each K, `MdR` and `MnR` (in ranks).
 """
@@ -50,13 +52,13 @@ class Retrieval(evaluate.Metric):
             features=datasets.Features({"ranks": datasets.Value("int64")}),
         )
 
-    def _compute(self, ranks, recall_at=(1, 5, 10)):
+    def _compute(self, ranks, recall_at=(1, 5, 10), lower_median=False):
         ranks = np.asarray(ranks, dtype=np.int64)
         if ranks.size == 0:
             raise ValueError("ranks: empty, nothing to evaluate")
         if ranks.min() < 1:
             raise ValueError(f"ranks: ranks start at 1, got {int(ranks.min())}")
         scores = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in recall_at}
-        scores["MdR"] = float(np.median(ranks))
+        scores["MdR"] = float(np.sort(ranks)[(ranks.size - 1) // 2] if lower_median else np.median(ranks))
         scores["MnR"] = float(np.mean(ranks))
         return scores
