@@ -298,9 +298,10 @@ def cli_error(main, *argv: str):
 
 
 def evaluate_cli(*argv: str):
+    from training.cli_errors import run_cli
     from training.evaluate import main
 
-    return cli_error(main, *argv)
+    return cli_error(lambda args: run_cli("evaluate.py", main, args), *argv)
 
 
 def global_batch_remainder(tmp):
@@ -375,7 +376,7 @@ CASES += [
          r"--model .*clip: no processor_config\.json"),
     Case("evaluate --from_embeddings of a folder without them", lambda tmp: (tmp / "emb").mkdir() or evaluate_cli(
         "--from_embeddings", str(tmp / "emb")), SystemExit,
-         r"evaluate: error: --from_embeddings .*emb: no embeddings\.safetensors \(write it with --save_embeddings\)"),
+         r"evaluate.py: error: --from_embeddings .*emb: no embeddings\.safetensors \(write it with --save_embeddings\)"),
 ]  # fmt: skip
 
 

@@ -427,7 +427,7 @@ BAD_EVALUATE_ARGUMENTS = [
     ("--corpus a plain folder", lambda tmp, corpus: ["--corpus", _plain_folder(tmp)],
      r"plain: no metadata\.jsonl or metadata\.csv"),
     ("--corpus msrvtt without its files", lambda tmp, corpus: ["--corpus", "msrvtt"],
-     r"corpus msrvtt needs --video_dir, --splits_dir"),
+     r"corpus msrvtt needs --video_dir"),
     ("--corpus unknown", lambda tmp, corpus: ["--corpus", "webvid"], r"unknown corpus 'webvid'"),
     ("a frame store given with --video_dir", lambda tmp, corpus: ["--corpus", _frame_store(tmp), "--video_dir", "v"],
      r"store is a frame store: corpus options \['video_dir'\] do not apply"),
