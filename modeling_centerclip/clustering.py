@@ -47,11 +47,19 @@ _SELF = -1.0
 _MASKED = -0.5
 
 
+# A squared distance from the Gram matrix is exact only up to rounding noise of about 2^-24 * (|x_i|^2 + |x_j|^2)
+# (more for long sums), which differs between kernels, thread counts and compilers: an exact duplicate's distance
+# would be that noise, and choices between duplicates would follow it. Entries below NOISE relative (1 - cos below
+# NOISE) are set to exactly 0, so duplicates are exactly 0 apart everywhere.
+_NOISE = 2.0**-16
+
+
 def pairwise_distance(tokens: torch.Tensor, distance: str = "euclidean") -> torch.Tensor:
     """Distance matrix `[B, N, N]` of `tokens` `[B, N, D]`: Euclidean `||x_i - x_j||` or cosine `1 - cos`.
 
-    The diagonal is exactly 0. Euclidean distances come from the Gram matrix (one batched matmul), which is
-    much faster than pairwise differences and accurate to fp32 rounding.
+    The diagonal is exactly 0, and so is every distance within the Gram matrix's rounding noise (exact
+    duplicates). Euclidean distances come from the Gram matrix (one batched matmul), which is much faster than
+    pairwise differences and accurate to fp32 rounding.
     """
     dist = _unclamped_distance(tokens, distance).clamp_min(0)
     if distance == "euclidean":
@@ -67,11 +75,14 @@ def _unclamped_distance(tokens: torch.Tensor, distance: str) -> torch.Tensor:
     """
     if distance == "cosine":
         unit = F.normalize(tokens, dim=-1, eps=1e-6)
-        return 1.0 - torch.bmm(unit, unit.transpose(1, 2))
+        dist = 1.0 - torch.bmm(unit, unit.transpose(1, 2))
+        return dist.masked_fill(dist.abs() <= _NOISE, 0.0)
     if distance == "euclidean":
         tokens = tokens - tokens.mean(dim=1, keepdim=True)  # distances are shift-invariant; centring cuts rounding
         sq_norm = tokens.pow(2).sum(-1)
-        return torch.baddbmm(sq_norm[:, :, None] + sq_norm[:, None, :], tokens, tokens.transpose(1, 2), alpha=-2)
+        scale = sq_norm[:, :, None] + sq_norm[:, None, :]
+        dist = torch.baddbmm(scale, tokens, tokens.transpose(1, 2), alpha=-2)
+        return dist.masked_fill(dist <= _NOISE * scale, 0.0)
     raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
 
 
