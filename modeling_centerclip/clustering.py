@@ -216,10 +216,10 @@ def kmedoids(
             mask = mask.bool() | ~mask.any(dim=1, keepdim=True)
             x = x.masked_fill(~mask[:, :, None], 0.0)  # padding content must not reach any real distance
         if fused:
-            from .clustering_triton import kmedoids_op  # a torch.library custom op: one opaque call when compiled
+            from .clustering_triton import kmedoids_fused  # a torch.library custom op: one opaque call when compiled
 
             unclamped = _unclamped_distance(x, distance)
-            return kmedoids_op(unclamped, distance == "euclidean", x.norm(dim=-1), mask, num_clusters, max_iters)
+            return kmedoids_fused(unclamped, distance == "euclidean", x.norm(dim=-1), mask, num_clusters, max_iters)
         dist = pairwise_distance(x, distance)
         if mask is not None:
             dist.masked_fill_(~mask[:, None, :], float("inf"))  # no token is near padding

@@ -6,7 +6,7 @@ distance matrix (finishing `pairwise_distance`'s last elementwise steps itself, 
 roots, as it loads the entries), norms and mask, and follows the same rules -- near-ties (within
 `clustering.TIE_RTOL` of the best) to the lowest index, a token strictly nearest to itself, update costs summed
 in float64 -- so a sum that rounds differently in its last bits cannot flip a choice. docs/fused_clustering.md
-describes the phases. `kmedoids_op` is the kernel as a `torch.library` custom op with a fake implementation, so
+describes the phases. `kmedoids_fused` is the kernel as a `torch.library` custom op with a fake implementation, so
 `torch.compile(fullgraph=True)` sees one opaque call.
 Imported lazily by `clustering.py` only when the Triton backend is used, so the model loads without Triton.
 Under `TRITON_INTERPRET=1` (set before this module is imported) the kernel runs on CPU tensors, which is how
@@ -147,6 +147,11 @@ def _kmedoids_kernel(
     tl.store(medoids_ptr + segment * K + rank, offs.to(tl.int64), mask=is_medoid)
 
 
+# Hub remote code can import a second copy of this module under another name; each copy registers its own op.
+_OP_NAME = "centerclip::" + re.sub(r"\W", "_", __name__) + "_kmedoids"
+
+
+@torch.library.custom_op(_OP_NAME, mutates_args=())
 def kmedoids_fused(
     dist: torch.Tensor,
     euclidean: bool,
@@ -154,11 +159,12 @@ def kmedoids_fused(
     mask: torch.Tensor | None,
     num_clusters: int,
     max_iters: int,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-medoids in one kernel launch, on token norms `[B, N]` and fp32 distances `[B, N, N]` as
     `clustering._unclamped_distance` returns them (squared if `euclidean`); `mask` `[B, N]` bool as
     `clustering.kmedoids` normalises it (a row without real tokens all True), or None.
 
+    A `torch.library` custom op: `torch.compile` traces it as one opaque call (shapes from the fake below).
     Returns `(assignment [B, N], medoids [B, K])`, int64, exactly as `clustering.kmedoids`' torch path.
     """
     batch, num_tokens, _ = dist.shape
@@ -174,24 +180,7 @@ def kmedoids_fused(
     return assignment, medoids
 
 
-# Hub remote code can import a second copy of this module under another name; each copy registers its own op.
-_OP_NAME = "centerclip::" + re.sub(r"\W", "_", __name__) + "_kmedoids"
-
-
-@torch.library.custom_op(_OP_NAME, mutates_args=())
-def kmedoids_op(
-    dist: torch.Tensor,
-    euclidean: bool,
-    norms: torch.Tensor,
-    mask: torch.Tensor | None,
-    num_clusters: int,
-    max_iters: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`kmedoids_fused` as a custom op: `torch.compile` traces it as one call (shapes from the fake below)."""
-    return kmedoids_fused(dist, euclidean, norms, mask, num_clusters, max_iters)
-
-
-@kmedoids_op.register_fake
+@kmedoids_fused.register_fake
 def _(dist, euclidean, norms, mask, num_clusters, max_iters):
     batch, num_tokens, _ = dist.shape
     return dist.new_empty(batch, num_tokens, dtype=torch.int64), dist.new_empty(batch, num_clusters, dtype=torch.int64)

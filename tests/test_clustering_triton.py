@@ -20,9 +20,13 @@ from transformers.dynamic_module_utils import get_imports
 from modeling_centerclip import clustering
 
 
+# Subprocesses import this checkout's package, not whichever one the environment has installed.
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
 @pytest.fixture(scope="module")
 def interpreted_results():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
     script = Path(__file__).with_name("clustering_cases.py")
     done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=550)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -48,7 +52,7 @@ def test_tie_cases_agree_across_thread_counts_and_cpu_capabilities():
     script = Path(__file__).with_name("clustering_cases.py")
     here = torch_path_results(TIE_CASES)  # this process: its own thread count and the machine's capability
     for settings in TIE_ENVIRONMENTS:
-        env = {**os.environ, "TRITON_INTERPRET": "1", **settings}
+        env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT, **settings}
         done = subprocess.run([sys.executable, script, "--ties"], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-4000:]
         report = json.loads(done.stdout.strip().splitlines()[-1])
