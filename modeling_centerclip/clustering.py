@@ -91,7 +91,10 @@ def _first_near_min(values: torch.Tensor, dim: int) -> torch.Tensor:
     least = values.amin(dim=dim, keepdim=True)
     threshold = least + least.abs() * TIE_RTOL  # exact scaling by a power of two, one rounding in the sum
     index = torch.arange(values.shape[dim], device=values.device).view(-1, *([1] * (values.dim() - dim - 1)))
-    return torch.where(values <= threshold, index, values.shape[dim]).amin(dim=dim)
+    first = torch.where(values <= threshold, index, values.shape[dim]).amin(dim=dim)
+    # Never past the end: a compiler that recomputes `values` for the minimum with other rounding could leave no
+    # value under the threshold; the plain argmin then decides.
+    return torch.where(first < values.shape[dim], first, values.argmin(dim=dim))
 
 
 def _first_near_max(values: torch.Tensor, dim: int) -> torch.Tensor:

@@ -99,7 +99,9 @@ def _descending_order(values: torch.Tensor) -> torch.Tensor:
     greater = (nan_j & ~nan_i) | (v_j > v_i)  # [B, i, j]: j is larger than i
     equal = (nan_j & nan_i) | (v_j == v_i)
     rank = (greater | (equal & (index[None, :] < index[:, None]))).sum(dim=2)  # how many sort before i
-    return torch.empty_like(rank).scatter_(1, rank, index.expand_as(rank))
+    # Ranks are distinct, but a compiler may recompute `values` per use with other rounding: argsort, not a
+    # scatter into empty memory, keeps every index valid whatever it does.
+    return rank.argsort(dim=1)
 
 
 def merge_into(
