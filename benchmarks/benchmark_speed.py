@@ -21,6 +21,13 @@ CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa, inference 
 (`--batch_grid`, `--batch`) and training steps of 128 videos, and also times the tower with the torch clustering
 backend forced. Output: a table on stdout, a JSON file and a plot of speed-up against tokens kept with the FLOPs
 ceiling drawn in.
+
+    python benchmarks/benchmark_speed.py --compile --output_dir docs   # eager vs torch.compile vs ONNX Runtime
+
+`--compile` instead measures B/32 4x49 (and stock CLIP with the same weights) in eager mode, under
+`torch.compile(fullgraph=True)` (inductor; compile time reported) and exported to ONNX in ONNX Runtime, plus eager
+bf16 autocast where the CPU has bf16 instructions, and writes `benchmark_compile_cpu.json` (`_cuda` on a GPU) with the machine's load
+average before and after.
 """
 
 import argparse
@@ -34,6 +41,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -484,6 +492,117 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def cpu_has_bf16() -> bool:
+    """bf16 autocast is worth measuring on the CPU only with native bf16 instructions (AVX512-BF16 or AMX)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def best_seconds(fn, repeats: int, device) -> float:
+    fn()  # warm-up
+    return min(timed(fn, device) for _ in range(repeats))
+
+
+def onnx_seconds(module, inputs, names, repeats: int, path: Path) -> tuple[float, float, float]:
+    """Export `module(*inputs)` to ONNX at `path`; (export seconds, best seconds per call in ONNX Runtime, max |ORT -
+    PyTorch|)."""
+    import onnxruntime
+
+    start = time.perf_counter()
+    with torch.no_grad():
+        program = torch.export.export(module, inputs, strict=False)
+        torch.onnx.export(program, inputs, input_names=names, dynamo=True, verbose=False).save(str(path))
+    exported = time.perf_counter() - start
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {name: tensor.numpy() for name, tensor in zip(names, inputs)}
+    with torch.no_grad():
+        expected = module(*inputs)
+    difference = float((torch.from_numpy(session.run(None, feed)[0]) - expected).abs().max())
+    return exported, best_seconds(lambda: session.run(None, feed), repeats, torch.device("cpu")), difference
+
+
+def run_compile_case(args) -> dict:
+    """Eager, torch.compile and ONNX Runtime throughput of CenterCLIP and stock CLIP on the same weights.
+
+    On CUDA: eager and compiled under bf16 autocast, the compile also with `mode="reduce-overhead"` (CUDA graphs),
+    no ONNX Runtime (its CPU build is what this project installs).
+    """
+    from modeling_centerclip.input_checks import checks_disabled
+    from training.export_onnx import VideoTower
+
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    config = case_config(None, dict(TINY, num_centers=8)) if args.quick else case_config("centerclip-vitb32", {})
+    name = "tiny kmedoids 2x8" if args.quick else "B/32 kmedoids 4x49"
+    stock, centerclip = build_models(config, device)
+    stock.eval(), centerclip.eval()
+    size = config.vision_config.image_size
+    pixels = torch.randn(args.batch, config.num_frames, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    mask = torch.ones(args.batch, config.num_frames, dtype=torch.bool, device=device)
+
+    class StockTower(torch.nn.Module):
+        def __init__(self, clip):
+            super().__init__()
+            self.clip = clip
+
+        def forward(self, pixel_values):
+            return stock_video_features(self.clip, pixel_values)
+
+    towers = {"stock": (StockTower(stock), (pixels,), ["pixel_values"]),
+              "centerclip": (VideoTower(centerclip), (pixels, mask), ["pixel_values", "video_mask"])}  # fmt: skip
+    compile_modes = {"compiled": "default", "cudagraphs": "reduce-overhead"} if on_cuda else {"compiled": "default"}
+    row = {"case": name, "device": str(device), "batch": args.batch, "threads": torch.get_num_threads(),
+           "load_before": os.getloadavg()}  # fmt: skip
+    with torch.no_grad(), tempfile.TemporaryDirectory() as scratch:
+        for label, (tower, inputs, names) in towers.items():
+            with autocast(device):  # bf16 on CUDA, off on the CPU
+                row[f"{label}_eager_videos_per_s"] = args.batch / best_seconds(lambda: tower(*inputs), args.repeats, device)
+            if not on_cuda and cpu_has_bf16():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    row[f"{label}_eager_bf16_videos_per_s"] = args.batch / best_seconds(lambda: tower(*inputs), args.repeats, device)
+            for mode_name, mode in compile_modes.items():
+                torch._dynamo.reset()
+                compiled = torch.compile(tower, fullgraph=True, mode=mode)
+                with autocast(device):
+                    start = time.perf_counter()
+                    compiled(*inputs)
+                    row[f"{label}_{mode_name}_compile_s"] = time.perf_counter() - start
+                    difference = (compiled(*inputs).float() - tower(*inputs).float()).abs().max()
+                    row[f"{label}_{mode_name}_max_diff"] = float(difference)
+                    seconds = best_seconds(lambda: compiled(*inputs), args.repeats, device)
+                row[f"{label}_{mode_name}_videos_per_s"] = args.batch / seconds
+                print(f"  {label}: {mode_name} done", flush=True)
+            if not on_cuda:
+                with checks_disabled():
+                    export_s, ort_s, difference = onnx_seconds(tower, inputs, names, args.repeats, Path(scratch) / f"{label}.onnx")
+                row.update({f"{label}_onnx_export_s": export_s, f"{label}_onnx_videos_per_s": args.batch / ort_s,
+                            f"{label}_onnx_max_diff": difference})  # fmt: skip
+                print(f"  {label}: ONNX Runtime done", flush=True)
+    row["load_after"] = os.getloadavg()
+    for mode in COMPILE_TABLE_MODES:
+        if f"centerclip_{mode}_videos_per_s" in row:
+            row[f"speedup_{mode}"] = row[f"centerclip_{mode}_videos_per_s"] / row[f"stock_{mode}_videos_per_s"]
+    return row
+
+
+COMPILE_TABLE_MODES = ("eager", "eager_bf16", "compiled", "cudagraphs", "onnx")
+
+
+def print_compile_table(row: dict) -> None:
+    print(f"{row['case']} on {row['device']}, {row['batch']} videos per call, {row['threads']} threads, "
+          f"load average before {row['load_before']}")  # fmt: skip
+    print(f"{'mode':<12}{'stock v/s':>11}{'CenterCLIP v/s':>16}{'speed-up':>10}")
+    for mode in COMPILE_TABLE_MODES:
+        if f"speedup_{mode}" in row:
+            print(f"{mode:<12}{row[f'stock_{mode}_videos_per_s']:>11.2f}{row[f'centerclip_{mode}_videos_per_s']:>16.2f}"
+                  f"{row[f'speedup_{mode}']:>9.2f}x")  # fmt: skip
+    print(f"compile time: stock {row['stock_compiled_compile_s']:.1f} s, CenterCLIP {row['centerclip_compiled_compile_s']:.1f} s")
+    if "centerclip_onnx_max_diff" in row:
+        print(f"ONNX Runtime vs PyTorch max |diff|: {row['centerclip_onnx_max_diff']:.1e}")
+
+
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="tiny shapes, a few seconds (for tests)")
@@ -498,11 +617,24 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--skip_training", action="store_true")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/benchmarks"))
+    parser.add_argument("--compile", action="store_true", help="eager vs torch.compile vs ONNX Runtime (CPU), "
+                        "writes benchmark_compile_cpu.json")
     parser.add_argument("--_train_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._train_case:
         print(json.dumps(training_step(json.loads(args._train_case))))
         return []
+    if args.compile:
+        args.batch = args.batch or 2
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        row = run_compile_case(args)
+        print_compile_table(row)
+        machine = torch.cuda.get_device_name() if row["device"] == "cuda" else platform.processor() or platform.machine()
+        report = {"machine": machine, "torch": torch.__version__, "rows": [row]}
+        path = args.output_dir / f"benchmark_compile_{row['device']}.json"
+        path.write_text(json.dumps(report, indent=2))
+        print(f"wrote {path}")
+        return [row]
 
     device = torch.device(args.device)
     on_cuda = device.type == "cuda"

@@ -3,13 +3,17 @@ convergence test, and the final assignment, one program per segment, with no hos
 
 It reproduces `clustering.kmedoids`' torch path exactly (same medoids, same assignment): it reads the same
 distance matrix (finishing `pairwise_distance`'s last elementwise steps itself, with correctly rounded square
-roots, as it loads the entries), norms and mask, and follows the same rules -- ties to the lowest index, a
-token strictly nearest to itself, update costs summed in float64 (exact for fp32 distances, so the summation
-order cannot matter). docs/fused_clustering.md describes the phases.
+roots, as it loads the entries), norms and mask, and follows the same rules -- near-ties (within
+`clustering.TIE_RTOL` of the best) to the lowest index, a token strictly nearest to itself, update costs summed
+in float64 -- so a sum that rounds differently in its last bits cannot flip a choice. docs/fused_clustering.md
+describes the phases. `kmedoids_fused` is the kernel as a `torch.library` custom op with a fake implementation, so
+`torch.compile(fullgraph=True)` sees one opaque call.
 Imported lazily by `clustering.py` only when the Triton backend is used, so the model loads without Triton.
 Under `TRITON_INTERPRET=1` (set before this module is imported) the kernel runs on CPU tensors, which is how
 the tests check the equality without a GPU.
 """
+
+import re
 
 import torch
 
@@ -19,14 +23,19 @@ try:  # guarded, so transformers' remote-code loader does not demand Triton from
 except ImportError as error:
     raise ImportError("the fused clustering backend needs the triton package (pip install triton)") from error
 
+from .clustering import TIE_RTOL
+
 # Elements of one `[rows, tokens]` tile: enough work per step to hide memory latency, small enough for registers.
 _TILE = 8192
+RTOL: tl.constexpr = tl.constexpr(TIE_RTOL)
 
 
 @triton.jit
 def _first_max(values, offs, BLOCK_N: tl.constexpr):
-    """Index of the largest value, ties to the lowest index (torch.argmax's rule)."""
-    return tl.min(tl.where(values == tl.max(values, axis=0), offs, BLOCK_N), axis=0)
+    """Index of the largest value, near-ties (within RTOL of it) to the lowest index (clustering's rule)."""
+    top = -tl.max(values, axis=0)
+    threshold = top + tl.abs(top) * RTOL  # as clustering._first_near_min on the negated values
+    return tl.min(tl.where(-values <= threshold, offs, BLOCK_N), axis=0)
 
 
 @triton.jit
@@ -61,7 +70,9 @@ def _assign_rows(
         tile_mask = (rows < N)[:, None] & valid[None, :] & is_medoid[None, :]
         d = _distances(dist, rows[:, None], offs[None, :], real[None, :], tile_mask, float("inf"), N, SQRT)
         d = tl.where(tile_mask & (rows[:, None] == offs[None, :]), -1.0, d)  # a medoid is nearest to itself
-        nearest = tl.min(tl.where(d == tl.min(d, axis=1)[:, None], offs[None, :], BLOCK_N), axis=1)
+        least = tl.min(d, axis=1)
+        threshold = least + tl.abs(least) * RTOL  # near-ties: lowest index
+        nearest = tl.min(tl.where(d <= threshold[:, None], offs[None, :], BLOCK_N), axis=1)
         rank = tl.sum((is_medoid[None, :] & (offs[None, :] < nearest[:, None])).to(tl.int32), axis=1)
         tl.store(assign_out + rows, rank.to(tl.int64), mask=rows < N)
 
@@ -118,7 +129,8 @@ def _kmedoids_kernel(
             row_labels = tl.load(assign_out + rows, mask=rows < N, other=-2, volatile=True)
             same = row_labels[:, None] == labels[None, :]
             best = tl.min(tl.where(same, costs[None, :], float("inf")), axis=1)
-            winner = tl.min(tl.where(same & (costs[None, :] == best[:, None]), offs[None, :], BLOCK_N), axis=1)
+            threshold = best + tl.abs(best) * RTOL  # near-ties: lowest index
+            winner = tl.min(tl.where(same & (costs[None, :] <= threshold[:, None]), offs[None, :], BLOCK_N), axis=1)
             tl.store(flag + rows, (winner == rows).to(tl.int32), mask=rows < N)
         tl.debug_barrier()
         new_medoid = tl.load(flag + offs, mask=valid, other=0, volatile=True) != 0
@@ -135,6 +147,11 @@ def _kmedoids_kernel(
     tl.store(medoids_ptr + segment * K + rank, offs.to(tl.int64), mask=is_medoid)
 
 
+# Hub remote code can import a second copy of this module under another name; each copy registers its own op.
+_OP_NAME = "centerclip::" + re.sub(r"\W", "_", __name__) + "_kmedoids"
+
+
+@torch.library.custom_op(_OP_NAME, mutates_args=())
 def kmedoids_fused(
     dist: torch.Tensor,
     euclidean: bool,
@@ -142,11 +159,12 @@ def kmedoids_fused(
     mask: torch.Tensor | None,
     num_clusters: int,
     max_iters: int,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """k-medoids in one kernel launch, on token norms `[B, N]` and fp32 distances `[B, N, N]` as
     `clustering._unclamped_distance` returns them (squared if `euclidean`); `mask` `[B, N]` bool as
     `clustering.kmedoids` normalises it (a row without real tokens all True), or None.
 
+    A `torch.library` custom op: `torch.compile` traces it as one opaque call (shapes from the fake below).
     Returns `(assignment [B, N], medoids [B, K])`, int64, exactly as `clustering.kmedoids`' torch path.
     """
     batch, num_tokens, _ = dist.shape
@@ -160,6 +178,12 @@ def kmedoids_fused(
         num_tokens, num_clusters, max_iters, SQRT=euclidean, HAS_MASK=mask is not None, **launch_config(num_tokens),
     )
     return assignment, medoids
+
+
+@kmedoids_fused.register_fake
+def _(dist, euclidean, norms, mask, num_clusters, max_iters):
+    batch, num_tokens, _ = dist.shape
+    return dist.new_empty(batch, num_tokens, dtype=torch.int64), dist.new_empty(batch, num_clusters, dtype=torch.int64)
 
 
 def launch_config(num_tokens: int) -> dict:

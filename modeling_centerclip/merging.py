@@ -13,6 +13,9 @@ The first `protected` tokens of every row ([CLS] tokens) are never merged and ke
 token keeps its relative order: a merged token sits where its destination (the B-side token) was. Matching
 runs in fp32 under `torch.no_grad()`; gradients flow through the size-weighted merge. Ties go to the lowest
 index, so results are identical across runs and batch splits.
+
+Output shapes depend only on input shapes and arguments, never on values, so every function here traces into one
+`torch.compile(fullgraph=True)` graph; the eager shortcuts for unpadded input (`known_all`) are skipped there.
 """
 
 from typing import NamedTuple
@@ -28,6 +31,13 @@ class Merged(NamedTuple):
     mask: torch.Tensor | None  # [B, M] bool, False for padding; None when every token is real
     destination: torch.Tensor  # [B, N] int64, output slot of every input token (-1: padding left out)
     kept: torch.Tensor  # [B, M] int64, input index of each output token's representative (ascending)
+
+
+def known_all(mask: torch.Tensor) -> bool:
+    """True when every entry of the bool tensor `mask` is True, read from the data in eager mode (one host sync
+    that lets a caller skip the padded path's work); always False while compiling or exporting, where the general
+    path runs instead: the same result, with no sync and no graph break."""
+    return not torch.compiler.is_compiling() and bool(mask.all())
 
 
 def real_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -72,25 +82,41 @@ def bipartite_soft_matching(
         unit = F.normalize(metric.detach().float(), dim=-1, eps=1e-6).contiguous()
         scores = unit[:, a_idx] @ unit[:, b_idx].transpose(1, 2)  # [B, A, B]
         best, partner = scores.max(dim=2)  # ties: lowest B index
-        order = best.sort(dim=1, descending=True, stable=True).indices[:, :num_merged]  # ties: lowest A index
+        order = _descending_order(best)[:, :num_merged]  # ties: lowest A index
         merged_a = a_idx[order]  # [B, R] input indices
         destination.scatter_(1, merged_a, b_idx[partner.gather(1, order)])
         keep.scatter_(1, merged_a, False)
     return destination, keep
 
 
-def merge_into(tokens: torch.Tensor, sizes: torch.Tensor, destination: torch.Tensor, keep: torch.Tensor) -> Merged:
+def _descending_order(values: torch.Tensor) -> torch.Tensor:
+    """`values.sort(dim=1, descending=True, stable=True).indices` from pairwise comparisons (`[B, A, A]`, small for
+    the A side of one matching round): ONNX has no stable sort, and the rank of each value is what decides.
+    NaN sorts first, as in `sort` (padding may hold anything)."""
+    index = torch.arange(values.shape[1], device=values.device)
+    nan = values.isnan()
+    v_i, v_j, nan_i, nan_j = values[:, :, None], values[:, None, :], nan[:, :, None], nan[:, None, :]
+    greater = (nan_j & ~nan_i) | (v_j > v_i)  # [B, i, j]: j is larger than i
+    equal = (nan_j & nan_i) | (v_j == v_i)
+    rank = (greater | (equal & (index[None, :] < index[:, None]))).sum(dim=2)  # how many sort before i
+    # Ranks are distinct, but a compiler may recompute `values` per use with other rounding: argsort, not a
+    # scatter into empty memory, keeps every index valid whatever it does.
+    return rank.argsort(dim=1)
+
+
+def merge_into(
+    tokens: torch.Tensor, sizes: torch.Tensor, destination: torch.Tensor, keep: torch.Tensor, num_out: int
+) -> Merged:
     """Size-weighted merge of every token into `destination` (an input index whose token is kept).
 
     Args:
         tokens: `[B, N, D]`; sizes: `[B, N]`; destination: `[B, N]` int64; keep: `[B, N]` bool with the same
-            count M in every row.
+            count `num_out` (M) in every row (passed, not counted, so the output shape is static).
 
     Returns:
         `Merged` with M tokens in input order (mask None).
     """
     batch, num_tokens, dim = tokens.shape
-    num_out = int(keep[0].sum())
     slot = keep.long().cumsum(dim=1) - 1  # output slot of each kept token
     out_slot = slot.gather(1, destination)  # [B, N]
     weights = sizes.to(tokens.dtype)
@@ -98,7 +124,8 @@ def merge_into(tokens: torch.Tensor, sizes: torch.Tensor, destination: torch.Ten
         1, out_slot[:, :, None].expand(-1, -1, dim), weights[:, :, None] * tokens
     )
     new_sizes = weights.new_zeros(batch, num_out).scatter_add(1, out_slot, weights)
-    kept = torch.arange(num_tokens, device=tokens.device).expand(batch, -1)[keep].view(batch, num_out)
+    positions = torch.arange(num_tokens, device=tokens.device)
+    kept = torch.where(keep, positions, num_tokens + positions).sort(dim=1).values[:, :num_out]  # kept, ascending
     return Merged(summed / new_sizes[:, :, None], new_sizes.to(sizes.dtype), None, out_slot, kept)
 
 
@@ -117,7 +144,7 @@ def bipartite_merge(
     if sizes is None:
         sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
     destination, keep = bipartite_soft_matching(tokens if metric is None else metric, num_merged, protected=protected)
-    return merge_into(tokens, sizes, destination, keep)
+    return merge_into(tokens, sizes, destination, keep, tokens.shape[1] - num_merged)
 
 
 def merge_to_budget(
@@ -127,6 +154,7 @@ def merge_to_budget(
     sizes: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     protected: int = 0,
+    real_counts: tuple[int, ...] | None = None,
 ) -> Merged:
     """Rounds of bipartite merging until exactly `budget` tokens are left (protected ones included).
 
@@ -136,6 +164,10 @@ def merge_to_budget(
     With a `mask`, padding takes no part: each row's real unprotected tokens are merged alone, as if the padding
     were not there, and padding tokens (zeroed) fill the budget only when a row has too few real ones; the
     padding left out gets destination -1. Protected tokens stay whether real or not.
+
+    Eagerly, rows are grouped by their number of real tokens on the host. Under `torch.compile` that would break
+    the graph, so a masked call there needs `real_counts`, every number of real tokens (protected ones counted)
+    a row can hold: each count is merged for every row and the rows holding it take its result.
     """
     batch, num_tokens, dim = tokens.shape
     if not (protected < budget <= num_tokens or budget == num_tokens):
@@ -143,11 +175,11 @@ def merge_to_budget(
     if sizes is None:
         sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
     mask = real_rows(mask)
-    if mask is not None and bool(mask[:, protected:].all()):
+    if mask is not None and known_all(mask[:, protected:]):
         merged = merge_to_budget(tokens, budget, sizes=sizes, protected=protected)
         return merged._replace(mask=mask.gather(1, merged.kept))
     if mask is not None:
-        return _merge_real_tokens(tokens, budget, sizes, mask, protected)
+        return _merge_real_tokens(tokens, budget, sizes, mask, protected, real_counts)
     index = torch.arange(num_tokens, device=tokens.device).expand(batch, -1)
     merged = Merged(tokens, sizes, None, index, index)
     while merged.tokens.shape[1] > budget:
@@ -159,7 +191,7 @@ def merge_to_budget(
     return merged
 
 
-def _merge_real_tokens(tokens, budget, sizes, mask, protected) -> Merged:
+def _merge_real_tokens(tokens, budget, sizes, mask, protected, real_counts) -> Merged:
     """`merge_to_budget` on rows with padding: rows with the same number of real tokens are merged together."""
     batch, num_tokens, dim = tokens.shape
     positions = torch.arange(num_tokens, device=tokens.device)
@@ -172,28 +204,48 @@ def _merge_real_tokens(tokens, budget, sizes, mask, protected) -> Merged:
         tokens.new_zeros(batch, budget, dim), sizes.new_ones(batch, budget), mask.new_ones(batch, budget),
         positions.new_full((batch, num_tokens), -1), positions.new_zeros(batch, budget),
     )  # fmt: skip
+    if torch.compiler.is_compiling():
+        if real_counts is None:
+            raise ValueError("merge_to_budget with a mask under torch.compile needs real_counts (see its docstring)")
+        rows = torch.arange(batch, device=tokens.device)
+        for count in real_counts:  # static: every count for every row, each row keeps its own count's result
+            result = _merge_rows(tokens, sizes, mask, order[rows], rows, count, budget, protected)
+            holds = num_real == count
+            out = Merged(*(_select_rows(holds, new, old) for new, old in zip(result, out)))
+        return out
     for count in num_real.unique().tolist():
         rows = (num_real == count).nonzero().flatten()
-        row_order = order[rows]
-        if count >= budget:  # enough real tokens: merge them alone
-            taken = row_order[:, :count]
-            pick = lambda x: x[rows[:, None], taken]  # noqa: E731
-            sub = merge_to_budget(pick(tokens), budget, sizes=pick(sizes), protected=protected)
-            kept = taken.gather(1, sub.kept)
-            destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, taken, sub.destination)
-            sub_tokens, sub_sizes = sub.tokens, sub.sizes
-        else:  # too few: every real token, then the first padding tokens
-            kept = row_order[:, :budget].sort(dim=1).values
-            slots = torch.arange(budget, device=tokens.device).expand(len(rows), -1)
-            destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, kept, slots)
-            sub_tokens, sub_sizes = tokens[rows[:, None], kept], sizes[rows[:, None], kept]
-        kept_real = mask[rows[:, None], kept]
-        out.tokens[rows] = torch.where(kept_real[:, :, None], sub_tokens, 0)  # 0: masked keys, but 0 * NaN leaks
-        out.sizes[rows] = sub_sizes
-        out.mask[rows] = kept_real
-        out.destination[rows] = destination
-        out.kept[rows] = kept
+        for field, new in zip(out, _merge_rows(tokens, sizes, mask, order[rows], rows, count, budget, protected)):
+            field[rows] = new
     return out
+
+
+def _select_rows(rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """`new` in the rows where the bool `rows [B]` is True, `old` elsewhere (bool tensors by logic: ONNX Runtime
+    has no bool `Where`)."""
+    rows = rows.view(-1, *[1] * (new.dim() - 1))
+    return (rows & new) | (~rows & old) if new.dtype == torch.bool else torch.where(rows, new, old)
+
+
+def _merge_rows(tokens, sizes, mask, row_order, rows, count, budget, protected) -> Merged:
+    """`_merge_real_tokens` for the `rows` holding `count` real tokens (protected ones counted)."""
+    num_tokens = tokens.shape[1]
+    positions = torch.arange(num_tokens, device=tokens.device)
+    if count >= budget:  # enough real tokens: merge them alone
+        taken = row_order[:, :count]
+        pick = lambda x: x[rows[:, None], taken]  # noqa: E731
+        sub = merge_to_budget(pick(tokens), budget, sizes=pick(sizes), protected=protected)
+        kept = taken.gather(1, sub.kept)
+        destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, taken, sub.destination)
+        sub_tokens, sub_sizes = sub.tokens, sub.sizes
+    else:  # too few: every real token, then the first padding tokens
+        kept = row_order[:, :budget].sort(dim=1).values
+        slots = torch.arange(budget, device=tokens.device).expand(len(rows), -1)
+        destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, kept, slots)
+        sub_tokens, sub_sizes = tokens[rows[:, None], kept], sizes[rows[:, None], kept]
+    kept_real = mask[rows[:, None], kept]
+    sub_tokens = torch.where(kept_real[:, :, None], sub_tokens, 0)  # 0: masked keys, but 0 * NaN leaks
+    return Merged(sub_tokens, sub_sizes, kept_real, destination, kept)
 
 
 def uniform_keep(
@@ -240,10 +292,10 @@ def attention_bias(
     """Additive attention mask `[B, 1, 1, N]` for CLIP's attention: padding keys at the dtype's minimum and,
     with proportional attention, `log(size)` of every key; None when it would be all zeros."""
     bias = None
-    if proportional and sizes is not None and bool((sizes != 1).any()):
+    if proportional and sizes is not None and not known_all(sizes == 1):
         bias = sizes.to(dtype).log()
     mask = real_rows(mask)
-    if mask is not None and not bool(mask.all()):
+    if mask is not None and not known_all(mask):
         base = torch.zeros(mask.shape, dtype=dtype, device=mask.device) if bias is None else bias
         bias = base.masked_fill(~mask, torch.finfo(dtype).min)
     return None if bias is None else bias[:, None, None, :]
@@ -255,6 +307,7 @@ __all__ = [
     "bipartite_merge",
     "bipartite_soft_matching",
     "cluster_sizes",
+    "known_all",
     "merge_into",
     "merge_to_budget",
     "real_rows",

@@ -19,24 +19,10 @@ from transformers.utils.generic import can_return_tuple
 
 from .clustering import kmedoids, spectral_clustering
 from .configuration_centerclip import SEGMENT_REDUCERS, CenterCLIPConfig, LayerPlan
-from .merging import attention_bias, cluster_sizes, merge_to_budget, uniform_keep
+from .input_checks import NonFiniteTokensError, check_finite_tokens, check_video_mask
+from .merging import attention_bias, cluster_sizes, known_all, merge_to_budget, uniform_keep
 
 logger = logging.get_logger(__name__)
-
-
-class NonFiniteTokensError(ValueError):
-    """NaN or inf tokens reached the clustering (a NaN pixel, diverged or corrupt weights).
-
-    `layer` is the vision layer whose input held them, `videos` the batch positions of the affected videos.
-    """
-
-    def __init__(self, layer: int, videos: list[int]):
-        self.layer, self.videos = layer, videos
-        super().__init__(
-            f"non-finite (NaN or inf) tokens at the input of vision layer {layer} (the cluster layer) in the videos "
-            f"at batch positions {videos}; check those videos' pixel values and the model weights (a diverging "
-            "learning rate makes them NaN)"
-        )
 
 
 def video_text_contrastive_loss(logits_per_text: torch.Tensor) -> torch.Tensor:
@@ -167,10 +153,12 @@ def cluster_segments(
         real = real | ~real.any(dim=1, keepdim=True)
         cls = torch.where(real[:, :, None], segments[:, :, 0], 0).sum(dim=1, keepdim=True)
         cls = cls / real.sum(dim=1).to(cls.dtype)[:, None, None]
-        if not bool(real.all()):
+        if not known_all(real):
             token_mask = real.repeat_interleave(seq_len - 1, dim=1)  # [B*S, N]
     if config.cluster_algo == "tome":
-        merged = merge_to_budget(to_cluster, num_centers, sizes=patch_sizes, mask=token_mask)
+        # A segment's real tokens are those of its real frames (one at least: `real` has no empty row).
+        counts = tuple(frames * (seq_len - 1) for frames in range(1, per_segment + 1))
+        merged = merge_to_budget(to_cluster, num_centers, sizes=patch_sizes, mask=token_mask, real_counts=counts)
         centers, center_sizes, medoids = merged.tokens, merged.sizes, merged.kept
         kept_real = merged.mask
         assignment = merged.destination if token_mask is None else merged.destination.masked_fill(~token_mask, -1)
@@ -192,7 +180,7 @@ def cluster_segments(
         center_sizes = cluster_sizes(patch_sizes, assignment, num_centers)
         kept_real = None if token_mask is None else token_mask.gather(1, medoids)
     mask = None
-    if kept_real is not None and not bool(kept_real.all()):
+    if kept_real is not None and not known_all(kept_real):
         mask = torch.cat([kept_real.new_ones(kept_real.shape[0], 1), kept_real], dim=1)
     return ClusteredSegments(
         torch.cat([cls, centers], dim=1), F.pad(center_sizes, (1, 0), value=1.0), mask, medoids, assignment
@@ -246,7 +234,8 @@ class CenterCLIPModel(CLIPModel):
         self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, bool]:
         """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]` and
-        whether any frame is padding (one host sync for both checks, none without a mask)."""
+        whether any frame may be padding (eager: one host sync for both, none without a mask; compiled: no sync,
+        a mask is taken as possibly padded and the empty-video check is a graph op)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: videos as [batch, frames, 3, H, W] (see CenterCLIPProcessor)")
         if pixel_values.ndim != 5:
@@ -266,11 +255,8 @@ class CenterCLIPModel(CLIPModel):
                 f"[batch, frames] = {(batch, num_frames)}"
             )
         video_mask = video_mask.to(device=pixel_values.device, dtype=torch.bool)
-        real_frames = video_mask.sum(dim=1).tolist()
-        empty = [index for index, count in enumerate(real_frames) if count == 0]
-        if empty:
-            raise ValueError(f"video_mask marks no real frame for the video(s) at batch index {empty}")
-        return video_mask, min(real_frames) < num_frames
+        check_video_mask(video_mask)
+        return video_mask, not known_all(video_mask)
 
     def _encode_frames(
         self,
@@ -305,7 +291,7 @@ class CenterCLIPModel(CLIPModel):
             for index, (layer, plan) in enumerate(zip(vision.encoder.layers, layer_plan)):
                 # The one place where tokens are reduced: what `layer_plan` says happens at this layer's input.
                 if plan.step == "cluster":
-                    self._check_finite(state.hidden_states, frame_mask, index)
+                    check_finite_tokens(state.hidden_states, frame_mask, index, config.num_frames)
                     clusters = cluster_segments(state.hidden_states, config, padded, state.sizes)
                     state = TokenState(clusters.hidden_states, clusters.sizes, clusters.token_mask)
                 elif plan.step is not None:
@@ -328,13 +314,6 @@ class CenterCLIPModel(CLIPModel):
             tuple(attentions) if output_attentions else None,
             clusters,
         )
-
-    def _check_finite(self, hidden_states: torch.Tensor, frame_mask: torch.Tensor, layer: int) -> None:
-        """Raise `NonFiniteTokensError` if a real frame's tokens are NaN/inf, before the clustering indexes them."""
-        finite = torch.isfinite(hidden_states).flatten(1).all(dim=1) | ~frame_mask  # [B*T]
-        if not bool(finite.all()):
-            bad_frames = (~finite).nonzero().flatten()
-            raise NonFiniteTokensError(layer, sorted(set((bad_frames // self.config.num_frames).tolist())))
 
     @can_return_tuple
     def get_video_features(

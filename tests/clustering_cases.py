@@ -3,7 +3,8 @@
 Shared by tests/test_clustering.py and tests/test_clustering_triton.py. Run as a script it compares the torch and
 the fused Triton backends on every case and prints the mismatches as JSON; it needs no pytest, so it also runs
 on a GPU machine: `PYTHONPATH=. python3 tests/clustering_cases.py cuda --check` (the tests run it on the CPU with
-`TRITON_INTERPRET=1`).
+`TRITON_INTERPRET=1`). `--ties` runs only the tie cases and also prints the torch path's results (the tests compare
+them across thread counts and CPU capabilities).
 """
 
 import json
@@ -171,14 +172,52 @@ def run_equality_cases(device: str) -> dict:
             f"spectral {list(kwargs)}",
         )
     results["spectral"] = {"failures": failures, "kernel_calls": len(calls)}
+
+    # torch.compile(fullgraph=True) of both backends (the kernel as one custom-op call, the torch path's loop as a
+    # while_loop) returns the eager torch path's result; aot_eager keeps the compile short.
+    failures, calls[:] = [], []
+    with torch._dynamo.config.patch(capture_scalar_outputs=False):
+        compiled = torch.compile(clustering.kmedoids, fullgraph=True, backend="aot_eager")
+        for tokens, k, kwargs in _grid_ties()[1:2] + _masked_tokens()[:1]:
+            tokens, kwargs = tokens.to(device), on_device(kwargs)
+            reference = clustering.kmedoids(tokens, k, backend="torch", **kwargs)
+            for backend in ("torch", "triton"):
+                what = f"compiled {backend} {tuple(tokens.shape)} K={k} {list(kwargs)}"
+                failures += _mismatches(compiled(tokens, k, backend=backend, **kwargs), reference, what)
+    results["compiled_fullgraph"] = {"failures": failures, "kernel_calls": len(calls)}
     return results
 
 
-ALL_CASES = [*CASES, "batch_splits", "bf16_under_autocast", "spectral"]
+def torch_path_results(names) -> dict:
+    """The torch path's `(assignment, medoids)` on the named cases, as lists (compared across processes)."""
+    return {
+        name: [[part.tolist() for part in clustering.kmedoids(tokens, k, backend="torch", **kwargs)]
+               for tokens, k, kwargs in CASES[name]()]
+        for name in names
+    }  # fmt: skip
+
+
+def run_tie_cases() -> dict:
+    """The tie cases through both backends (`failures`: kernel vs torch) and the torch path's results (`torch`)."""
+    failures = []
+    for name in TIE_CASES:
+        for tokens, k, kwargs in CASES[name]():
+            reference = clustering.kmedoids(tokens, k, backend="torch", **kwargs)
+            fused = clustering.kmedoids(tokens, k, backend="triton", **kwargs)
+            failures += _mismatches(fused, reference, f"{name} {tuple(tokens.shape)} K={k} {kwargs}")
+    return {"failures": failures, "torch": torch_path_results(TIE_CASES)}
+
+
+ALL_CASES = [*CASES, "batch_splits", "bf16_under_autocast", "spectral", "compiled_fullgraph"]
+# Cases whose results are decided by ties (exact in real arithmetic, near-ties after fp32 rounding).
+TIE_CASES = ["grid_ties", "exact_duplicates", "n_equals_2k"]
 
 if __name__ == "__main__":
     # python clustering_cases.py [DEVICE] [--check]: the JSON report; --check also exits 1 when a case differs
     # or the kernel did not run (for a run outside pytest, e.g. benchmarks/gpu_checks.sh).
+    if "--ties" in sys.argv:  # the tie cases only, with the torch path's results, for the cross-process test
+        print(json.dumps(run_tie_cases()))
+        sys.exit(0)
     args = [arg for arg in sys.argv[1:] if arg != "--check"]
     report = run_equality_cases(args[0] if args else "cpu")
     print(json.dumps(report))

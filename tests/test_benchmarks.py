@@ -71,7 +71,7 @@ def test_gpu_checks_script_runs_every_step_and_names_the_failed_ones(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "tests: rc=3" in done.stdout and "clustering_cuda: rc=0" in done.stdout
-    assert "benchmark_speed: rc=3" in done.stdout
-    assert done.stdout.strip().endswith("failed steps: tests benchmark_speed")
+    assert "benchmark_speed: rc=3" in done.stdout and "benchmark_compile: rc=3" in done.stdout
+    assert done.stdout.strip().endswith("failed steps: tests benchmark_speed benchmark_compile")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "benchmark_speed.log", "clustering_cuda.log", "machine.txt", "tests.log"]
+        "benchmark_compile.log", "benchmark_speed.log", "clustering_cuda.log", "machine.txt", "tests.log"]

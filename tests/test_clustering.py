@@ -5,7 +5,7 @@ import torch
 from clustering_cases import masked_case, random_cases
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from modeling_centerclip.clustering import kmedoids, pairwise_distance, spectral_clustering
+from modeling_centerclip.clustering import TIE_RTOL, kmedoids, pairwise_distance, spectral_clustering
 
 
 def brute_force_kmedoids(tokens, dist, k: int, max_iters: int = 100):
@@ -20,19 +20,25 @@ def brute_force_kmedoids(tokens, dist, k: int, max_iters: int = 100):
     def d(i, j):  # every token is strictly nearer to itself than to any other token
         return -1.0 if i == j else dist[i][j]
 
+    def near_max(values, top):  # the near-tie rule: within TIE_RTOL of the best counts as tied
+        return values >= top - abs(top) * TIE_RTOL
+
+    def near_min(values, least):
+        return values <= least + abs(least) * TIE_RTOL
+
     norms = tokens.float().norm(dim=-1).tolist()
-    medoids = [max(range(n), key=lambda i: (norms[i], -i))]  # largest norm, ties to the lowest index
+    medoids = [min(i for i in range(n) if near_max(norms[i], max(norms)))]  # largest norm, (near-)ties: lowest index
     while len(medoids) < k:
         candidates = [i for i in range(n) if i not in medoids]
         far = max(min(d(i, m) for m in medoids) for i in candidates)
-        medoids.append(min(i for i in candidates if min(d(i, m) for m in medoids) == far))
+        medoids.append(min(i for i in candidates if near_max(min(d(i, m) for m in medoids), far)))
 
     def assign(meds):
         meds = sorted(meds)
         out = []
         for i in range(n):
             best = min(d(i, m) for m in meds)
-            out.append(next(c for c, m in enumerate(meds) if d(i, m) == best))
+            out.append(next(c for c, m in enumerate(meds) if near_min(d(i, m), best)))
         return out
 
     medoids = sorted(medoids)
@@ -43,7 +49,7 @@ def brute_force_kmedoids(tokens, dist, k: int, max_iters: int = 100):
             members = [i for i in range(n) if labels[i] == c]
             # The spec's cost: sum of distances to the members (d(i, i) counts 0 here: the sum is a real cost).
             costs = [sum(dist[i][j] for j in members) for i in members]
-            new.append(members[costs.index(min(costs))])
+            new.append(next(i for i, cost in zip(members, costs) if near_min(cost, min(costs))))
         new = sorted(new)
         if new == medoids:
             break

@@ -14,15 +14,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from clustering_cases import ALL_CASES
+from clustering_cases import ALL_CASES, TIE_CASES, torch_path_results
 from transformers.dynamic_module_utils import get_imports
 
 from modeling_centerclip import clustering
 
 
+# Subprocesses import this checkout's package, not whichever one the environment has installed.
+ROOT = str(Path(__file__).resolve().parents[1])
+
+
 @pytest.fixture(scope="module")
 def interpreted_results():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT}
     script = Path(__file__).with_name("clustering_cases.py")
     done = subprocess.run([sys.executable, script], env=env, capture_output=True, text=True, timeout=550)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -34,6 +38,27 @@ def test_fused_kmedoids_equals_torch_path(interpreted_results, case):
     result = interpreted_results[case]
     assert result["kernel_calls"] > 0, "the Triton backend was not used"
     assert result["failures"] == []
+
+
+# The tie cases under other thread counts and CPU capabilities (ATen's kernels, hence the distance matrix's last
+# bits and the sums' order, change with both): the near-tie rule must make every choice come out the same.
+TIE_ENVIRONMENTS = [
+    {"OMP_NUM_THREADS": "1", "ATEN_CPU_CAPABILITY": "avx2"},
+    {"OMP_NUM_THREADS": "2", "ATEN_CPU_CAPABILITY": "default"},
+]
+
+
+def test_tie_cases_agree_across_thread_counts_and_cpu_capabilities():
+    script = Path(__file__).with_name("clustering_cases.py")
+    here = torch_path_results(TIE_CASES)  # this process: its own thread count and the machine's capability
+    for settings in TIE_ENVIRONMENTS:
+        env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ROOT, **settings}
+        done = subprocess.run([sys.executable, script, "--ties"], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-4000:]
+        report = json.loads(done.stdout.strip().splitlines()[-1])
+        assert report["failures"] == [], settings  # the interpreted kernel equals the torch path
+        for name in TIE_CASES:
+            assert report["torch"][name] == here[name], (settings, name)  # the torch path equals itself elsewhere
 
 
 def test_backend_selection_errors(monkeypatch):

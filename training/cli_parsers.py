@@ -26,6 +26,7 @@ MIRRORED = {
     "INDEX_KINDS": "search.ann.KINDS",
     "METRIC_CONVENTIONS": "training.evaluate.METRIC_CONVENTIONS",
 }
+EXPORT_ONNX_ATOL = 1e-4  # largest embedding difference ONNX Runtime vs PyTorch that export-onnx accepts
 POST_PROCESSES = ("none", "dsl")
 METRIC_CONVENTIONS = ("strict", "clip4clip")
 HUB_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "hub_configs"
@@ -154,4 +155,17 @@ def build_publish_parser() -> argparse.ArgumentParser:
         sub.add_argument("--token", help="Hub token (default: the logged-in one / HF_TOKEN)")
         add_debug_flag(sub)
     convert.add_argument("--push_to_hub", action="store_true", help="then push the folder (needs --hub_model_id)")
+    export = commands.add_parser("export-onnx", formatter_class=HelpFormatter,
+                                 help="the video tower as ONNX, checked in ONNX Runtime")  # fmt: skip
+    add_export_onnx_arguments(export)
+    add_debug_flag(export)
     return parser
+
+
+def add_export_onnx_arguments(parser: argparse.ArgumentParser) -> None:
+    """`export-onnx` (training/export_onnx.py): a model folder in, a checked .onnx file out."""
+    parser.add_argument("--model", required=True, help="folder or Hub id of a CenterCLIP model (safetensors)")
+    parser.add_argument("--output", required=True, help="the .onnx file to write")
+    parser.add_argument("--batch", type=int, default=1, help="videos per call, fixed in the graph")
+    parser.add_argument("--atol", type=float, default=EXPORT_ONNX_ATOL,
+                        help="largest embedding difference ONNX Runtime vs PyTorch accepted")

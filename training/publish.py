@@ -4,6 +4,7 @@
         --hub_config hub_configs/centerclip-vitb32 --output_dir out/centerclip-vitb32 \\
         [--set num_frames=8 ...] [--push_to_hub --hub_model_id org/centerclip-vitb32 [--private]]
     python -m training.publish push --folder out/centerclip-vitb32 --hub_model_id org/centerclip-vitb32
+    python -m training.publish export-onnx --model out/centerclip-vitb32 --output tower.onnx   # training/export_onnx.py
 
 A hub configuration is a folder with a `config.json` (a `CenterCLIPConfig`: the architecture it is meant for
 plus the cluster settings) and a `hub.json` sidecar (source checkpoint, license, processor settings, the paper's
@@ -349,7 +350,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    if args.command == "convert":
+    if args.command == "export-onnx":
+        from . import export_onnx
+
+        export_onnx.run(args)
+    elif args.command == "convert":
         if args.push_to_hub and not args.hub_model_id:
             parser.error("--push_to_hub needs --hub_model_id")
         folder = convert_clip_checkpoint(
