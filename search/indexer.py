@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from modeling_centerclip.processing_centerclip import VideoDecodeError
 from training.data import SkippedVideo
 from training.evaluate import video_embeddings
-from training.frame_store import load_frame_store, row_model_inputs
+from training.frame_store import check_store_settings, load_frame_store, row_model_inputs
 
 from . import __version__
 from .ann import build_index
@@ -98,6 +98,8 @@ def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebu
                 f"{spec.name!r} has fingerprint {spec.fingerprint}. Pass --rebuild to re-encode the library "
                 f"with the new model, or choose another --output."
             )
+    # A store's frames must be the ones this model's processor samples (fps, frame size).
+    check_store_settings(source, spec.processor.fps, spec.processor.image_size, f"the model {spec.name!r}")
     videos, root = list_library(source, **corpus_options)
     covered = set()
     for part in list_parts(output):

@@ -461,6 +461,9 @@ def _evaluate_cli(parser, args, post_process) -> dict:
         parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
     model = AutoModel.from_pretrained(args.model).to(accelerator.device)
     processor = AutoProcessor.from_pretrained(args.model)
+    from training.frame_store import check_store_settings
+
+    check_store_settings(args.corpus, processor.fps, processor.image_size, f"the model {args.model}")
     with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
         report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
                                 args.num_workers, show_progress=accelerator.is_local_main_process,
