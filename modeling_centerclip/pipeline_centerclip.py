@@ -35,6 +35,11 @@ def _is_encoded_frames(video) -> bool:
         and not hasattr(video[0], "shape")
 
 
+def _refuse_unknown(kwargs: dict) -> None:
+    if kwargs:  # a typo (`candidate_label=`) must not be silently ignored
+        raise ValueError(f"unknown pipeline argument(s) {sorted(kwargs)}")
+
+
 def _video_name(video) -> str:
     return os.fspath(video) if isinstance(video, (str, os.PathLike)) else "video"
 
@@ -88,6 +93,7 @@ class ZeroShotVideoClassificationPipeline(_VideoPipeline):
         return super().__call__(videos, candidate_labels=candidate_labels, **kwargs)
 
     def _sanitize_parameters(self, candidate_labels=None, hypothesis_template=None, **kwargs):
+        _refuse_unknown(kwargs)
         preprocess = {}
         if candidate_labels is not None:
             preprocess["candidate_labels"] = candidate_labels
@@ -180,6 +186,7 @@ class VideoTextRetrievalPipeline(_VideoPipeline):
         return torch.cat(super().__call__(videos, **kwargs))
 
     def _sanitize_parameters(self, **kwargs):
+        _refuse_unknown(kwargs)
         return {}, {}, {}
 
     def preprocess(self, video):

@@ -39,8 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     index = commands.add_parser("index", help="encode a library of videos into an index folder (incremental)")
-    index.add_argument("source", help="a folder of videos, a videofolder with metadata.jsonl, or a corpus name "
-                       "(msrvtt, msvd, lsmdc, activitynet, demo) with the corpus options")  # fmt: skip
+    index.add_argument("source", help="a folder of videos, a videofolder with metadata.jsonl, a frame store (its "
+                       "folder or Hub dataset id), or a corpus name (msrvtt, msvd, lsmdc, activitynet, demo) with "
+                       "the corpus options")  # fmt: skip
     index.add_argument("--model", required=True, help="a CenterCLIP folder or Hub id, or a stock CLIP checkpoint "
                        "with cluster overrides")  # fmt: skip
     index.add_argument("--output", required=True, help="the index folder (created or updated)")

@@ -120,6 +120,8 @@ def test_bad_input_gets_the_processors_named_errors(model_dir, tmp_path):
         classify(np.zeros((4, 8, 8, 3), np.uint8), candidate_labels=[])
     with pytest.raises(ValueError, match="hypothesis_template"):
         classify(np.zeros((4, 8, 8, 3), np.uint8), candidate_labels=LABELS, hypothesis_template="no slot")
+    with pytest.raises(ValueError, match="candidate_label"):
+        classify(np.zeros((4, 8, 8, 3), np.uint8), candidate_label=LABELS)
 
 
 def test_retrieval_ranks_videos_for_a_text_and_texts_for_a_video_by_cosine(model_dir, videos, reference):

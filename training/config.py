@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_vocab_size", type=int, default=1000,
                        help="from scratch: size of the BPE vocabulary trained on the training captions")
     data = parser.add_argument_group("data")
-    data.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet / demo")
+    data.add_argument("--corpus", help="a videofolder or frame store path, a frame store Hub id (org/name), or "
+                      "msrvtt / msvd / lsmdc / activitynet / demo")
     data.add_argument("--video_dir")
     data.add_argument("--splits_dir")
     data.add_argument("--captions_file", help="MSVD captions")

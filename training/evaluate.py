@@ -397,7 +397,8 @@ def main(argv: list[str] | None = None) -> dict:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="a save_pretrained folder (model + processor) or Hub id")
     source.add_argument("--from_embeddings", metavar="DIR", help="rank embeddings saved with --save_embeddings")
-    parser.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet")
+    parser.add_argument("--corpus", help="a videofolder or frame store path, a frame store Hub id (org/name), "
+                        "or msrvtt / msvd / lsmdc / activitynet")
     parser.add_argument("--video_dir")
     parser.add_argument("--splits_dir")
     parser.add_argument("--captions_file")
