@@ -1,7 +1,8 @@
 """CenterCLIP: token clustering for fast text-video retrieval, as a Transformers plug-in.
 
 Importing this package registers `CenterCLIPConfig`, `CenterCLIPModel` and `CenterCLIPProcessor` with the
-`AutoConfig` / `AutoModel` / `AutoProcessor` factories.
+`AutoConfig` / `AutoModel` / `AutoProcessor` factories, and the `zero-shot-video-classification` and
+`video-text-retrieval` tasks with `transformers.pipeline`.
 """
 
 from transformers import AutoConfig, AutoModel, AutoProcessor
@@ -9,6 +10,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 from .clustering import kmedoids, spectral_clustering
 from .configuration_centerclip import CenterCLIPConfig
 from .modeling_centerclip import CenterCLIPModel, CenterCLIPOutput, CenterCLIPVideoOutput, NonFiniteTokensError
+from .pipeline_centerclip import VideoTextRetrievalPipeline, ZeroShotVideoClassificationPipeline, register_pipelines
 from .processing_centerclip import CenterCLIPProcessor
 
 AutoConfig.register("centerclip", CenterCLIPConfig, exist_ok=True)
@@ -18,6 +20,7 @@ CenterCLIPConfig.register_for_auto_class()
 CenterCLIPModel.register_for_auto_class("AutoModel")
 AutoProcessor.register(CenterCLIPConfig, CenterCLIPProcessor, exist_ok=True)
 CenterCLIPProcessor.register_for_auto_class()
+register_pipelines()
 
 __all__ = [
     "CenterCLIPConfig",
@@ -26,6 +29,8 @@ __all__ = [
     "CenterCLIPProcessor",
     "CenterCLIPVideoOutput",
     "NonFiniteTokensError",
+    "VideoTextRetrievalPipeline",
+    "ZeroShotVideoClassificationPipeline",
     "kmedoids",
     "spectral_clustering",
 ]

@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     index = command("index", "encode a library of videos into an index folder (incremental)")
     index.add_argument("source", help="a folder of videos, a videofolder with metadata.jsonl, a frame store "
-                       f"(python -m training.prepare_frames), or a corpus name ({CORPUS_NAMES}) with the corpus "
+                       f"(python -m training.prepare_frames; its folder or Hub dataset id), or a corpus name ({CORPUS_NAMES}) with the corpus "
                        "options")  # fmt: skip
     index.add_argument("--model", required=True, help="a CenterCLIP folder or Hub id, or a stock CLIP checkpoint "
                        "with cluster overrides")  # fmt: skip

@@ -33,7 +33,7 @@ from modeling_centerclip.processing_centerclip import VideoDecodeError
 from training.corpora import CORPUS_KEYS
 from training.data import SkippedVideo
 from training.evaluate import video_embeddings
-from training.frame_store import load_frame_store, row_model_inputs
+from training.frame_store import check_store_settings, load_frame_store, row_model_inputs
 
 from . import __version__
 from .ann import build_index
@@ -180,6 +180,8 @@ def _read_summaries(output: Path, rebuild: bool) -> dict[Path, dict]:
 def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, add: bool) -> dict:
     """What the run must encode: the libraries' listings minus what finished parts of this model already cover."""
     new = source_entry(source, corpus_options)
+    # A store's frames must be the ones this model's processor samples (fps, frame size).
+    check_store_settings(source, spec.processor.fps, spec.processor.image_size, f"the model {spec.name!r}")
     listings = {json.dumps(new, sort_keys=True): list_library(source, **corpus_options)}  # a bad source fails first
     sources = _sources(output, spec, new, rebuild, add)
     videos, skipped, roots, seen = [], [], [], set()

@@ -4,8 +4,8 @@ A source is
 - a folder of videos (searched recursively for the extensions in `training.corpora.VIDEO_EXTENSIONS`);
 - a videofolder (`metadata.jsonl` / `metadata.csv`): its captions and other fields become the metadata;
 - a corpus name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`) with the options training takes;
-- a frame store (`python -m training.prepare_frames`): its stored frames are encoded, not the video files, and
-  a row counts as changed when the store is prepared again.
+- a frame store (`python -m training.prepare_frames`, its folder or Hub dataset id): its stored frames are
+  encoded, not the video files, and a row counts as changed when the store is prepared again.
 
 Every file is accounted for: folders are walked following links but each real folder once (a link loop ends),
 and what cannot be indexed -- a dangling link, an unreadable folder, a videofolder row whose file is missing, a
@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from training.corpora import CORPORA, METADATA_NAMES, VIDEO_EXTENSIONS, _metadata_sources, _read_metadata, load_corpus
-from training.frame_store import FRAMES, STORE_FILE, is_frame_store
+from training.frame_store import FRAMES, STORE_FILE, resolve_store
 
 
 @dataclass(frozen=True)
@@ -237,9 +237,9 @@ def list_library(source: str, split: str | None = None, **corpus_options) -> Lis
     if source in CORPORA:
         videos, skipped = _from_corpus(load_corpus(source, **corpus_options), split)
         root = corpus_options.get("video_dir") or corpus_options.get("folder") or source
-    elif os.path.isdir(source) and is_frame_store(source):
-        root = source
-        videos = _from_store(source, split)
+    elif (store := resolve_store(source)) is not None:  # a store folder, or its Hub dataset id
+        root = store
+        videos = _from_store(store, split)
     elif os.path.isdir(source):
         root = source
         if _is_videofolder(source):

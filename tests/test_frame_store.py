@@ -13,6 +13,7 @@ from conftest import coded_frames, pixel_values_to_rgb, read_frame_codes, write_
 
 from modeling_centerclip import CenterCLIPProcessor
 from training import prepare_frames as prepare_module
+from training.cli_errors import run_cli
 from training.corpora import load_corpus
 from training.frame_store import SUMMARY_FILE, is_frame_store, load_frame_store, row_model_inputs
 from training.prepare_frames import prepare_frames
@@ -135,7 +136,7 @@ def test_interrupted_build_resumes_without_redoing_finished_shards(corpus_folder
     with pytest.raises(KeyboardInterrupt):
         prepare_frames(str(corpus_folder), str(output), fps=3, size=32, shard_size=2, show_progress=False)
     # test (the first split of the metadata) has shards of 2 + 2: the first is written, the second was being decoded.
-    assert sorted(os.listdir(output / "test")) == ["shard-00000-of-00002"] and not (output / "train").exists()
+    assert sorted(os.listdir(output / "data")) == ["test-00000-of-00002.arrow"]
     with pytest.raises(ValueError, match="incomplete"):
         load_corpus(str(output))
 
@@ -143,13 +144,20 @@ def test_interrupted_build_resumes_without_redoing_finished_shards(corpus_folder
     monkeypatch.setattr(prepare_module, "decode_task", lambda task: calls.append(task[0]) or decode(task))
     prepare_frames(str(corpus_folder), str(output), fps=3, size=32, shard_size=2, show_progress=False)
     assert len(calls) == 2 + 3  # the unfinished test shard and the train split, not the finished shard
-    assert sorted(os.listdir(output / "test")) == ["shard-00000-of-00002", "shard-00001-of-00002"]
+    assert sorted(os.listdir(output / "data")) == ["test-00000-of-00002.arrow", "test-00001-of-00002.arrow",
+                                                   "train-00000-of-00002.arrow", "train-00001-of-00002.arrow"]
     resumed = load_corpus(str(output))
     assert {name: sorted(split["video_id"]) for name, split in resumed.items()} == {
         "train": ["train_a", "train_b"], "test": ["clip10fps", "clip30fps", "short", "textured"]}
 
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="other settings.*fps 3 there, 2 now"):
         prepare_frames(str(corpus_folder), str(output), fps=2, size=32, shard_size=2, show_progress=False)
+    # The same source spelled relative to another working directory is the same store: nothing is decoded again.
+    monkeypatch.chdir(corpus_folder.parent)
+    calls.clear()
+    prepare_frames(os.path.join(".", corpus_folder.name, ""), str(output), fps=3, size=32, shard_size=2,
+                   show_progress=False)
+    assert calls == []
 
 
 def test_parallel_build_matches_the_serial_one(store, corpus_folder, tmp_path):
@@ -163,18 +171,174 @@ def test_parallel_build_matches_the_serial_one(store, corpus_folder, tmp_path):
         assert serial[name]["frames"] == parallel[name]["frames"]
 
 
-def test_push_to_hub_publishes_decodable_images_and_the_summary(store, monkeypatch):
-    from datasets import DatasetDict
-    from huggingface_hub import HfApi
+def test_datasets_load_the_store_and_its_failed_list_stays_out_of_the_rows(store, tmp_path):
+    """`datasets.load_dataset(STORE_DIR)` -- the call any `datasets` user makes -- gives the splits and rows."""
+    from datasets import load_dataset
 
-    pushed, uploaded = {}, []
-    monkeypatch.setattr(DatasetDict, "push_to_hub", lambda self, repo_id, **kw: pushed.update(repo=repo_id, data=self))
-    monkeypatch.setattr(HfApi, "upload_file", lambda self, **kw: uploaded.append(kw))
-    prepare_module.push_store_to_hub(str(store), "someone/frames")
-    assert pushed["repo"] == "someone/frames" and set(pushed["data"]) == {"train", "test"}
-    first = pushed["data"]["test"][0]["frames"][0]
-    assert first.size == (32, 32)  # a PIL image: the Hub copy decodes like any image dataset
-    assert uploaded[0]["repo_type"] == "dataset" and uploaded[0]["path_in_repo"] == SUMMARY_FILE
+    loaded = load_dataset(str(store), cache_dir=str(tmp_path / "cache"))
+    ours = load_corpus(str(store))
+    assert set(loaded) == {"train", "test"}
+    for name in ours:
+        assert loaded[name]["video_id"] == ours[name]["video_id"]
+        assert loaded[name]["timestamps"] == ours[name]["timestamps"]
+    first = loaded["test"][0]["frames"][0]
+    assert first.size == (32, 32)  # a PIL image: it decodes like any image dataset
+    assert (store / "failed" / "train-00000-of-00002.json").is_file()  # broken.mp4's shard lists it
+    assert "broken" not in loaded["train"]["video_id"]
+
+
+@pytest.fixture(scope="module")
+def fake_hub(store, tmp_path_factory):
+    """`--push_to_hub` into a local folder laid out as the dataset repository, and `snapshot_download` of
+    "someone/frames" answering with that folder (no test reaches the Hub)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import filter_repo_objects
+
+    repo = tmp_path_factory.mktemp("hub") / "someone--frames"
+    calls = []
+
+    def upload_folder(self, *, folder_path, repo_id, repo_type, ignore_patterns=None, **kwargs):
+        calls.append((repo_id, repo_type))
+        names = [os.path.relpath(os.path.join(root, name), folder_path).replace(os.sep, "/")
+                 for root, _, names in os.walk(folder_path) for name in names]  # fmt: skip
+        for name in filter_repo_objects(names, ignore_patterns=ignore_patterns):  # as huggingface_hub filters
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(os.path.join(folder_path, name), repo / name)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", kw["repo_type"])))
+        patch.setattr(HfApi, "upload_folder", upload_folder)
+        (store / "data" / ".tmp-test-00000-of-00002.arrow-1").write_bytes(b"half a shard")  # a killed run's leftover
+        prepare_module.push_store_to_hub(str(store), "someone/frames")
+        (store / "data" / ".tmp-test-00000-of-00002.arrow-1").unlink()
+    assert calls == [("create", "dataset"), ("someone/frames", "dataset")]
+
+    def snapshot_download(repo_id, repo_type=None, **kwargs):
+        if repo_id != "someone/frames" or repo_type != "dataset":
+            raise FileNotFoundError(f"no dataset repository {repo_id}")
+        return str(repo)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+        yield repo
+
+
+def test_push_to_hub_uploads_a_store_that_loads_back_by_its_id(store, fake_hub, tmp_path):
+    from datasets import load_dataset
+
+    local = sorted(p.relative_to(store).as_posix() for p in store.rglob("*") if p.is_file())
+    assert sorted(p.relative_to(fake_hub).as_posix() for p in fake_hub.rglob("*") if p.is_file()) == local
+    assert {"README.md", "frame_store.json", "summary.json"} <= set(local)
+    pulled = load_dataset(str(fake_hub), cache_dir=str(tmp_path / "cache"))  # what load_dataset("someone/frames") reads
+    by_id = load_corpus("someone/frames")
+    for name, split in load_corpus(str(store)).items():
+        assert pulled[name]["video_id"] == split["video_id"] == by_id[name]["video_id"]
+        assert by_id[name]["frames"] == split["frames"]
+    with pytest.raises(FileNotFoundError, match="someone/other.*could not be fetched"):
+        load_corpus("someone/other")
+
+
+def test_a_store_pulled_from_the_hub_trains_evaluates_and_indexes_like_the_local_one(store, fake_hub, tmp_path):
+    """Same seed, same frames: training (weights), evaluation (saved embeddings) and indexing (stored rows) from
+    "someone/frames" equal those from the local folder, to 1e-6 (the same computation on the same bytes)."""
+    from accelerate.state import AcceleratorState, GradientState
+    from safetensors.torch import load_file
+    from test_training import write_config
+
+    from search.indexer import index_library
+    from search.storage import read_manifest, read_rows
+    from training.evaluate import main as evaluate_main
+    from training.train import main as train_main
+
+    results = {}
+    for name, corpus in (("local", str(store)), ("hub", "someone/frames")):
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        run = tmp_path / name
+        run.mkdir()
+        config = write_config(run, corpus, max_train_steps=2, per_device_train_batch_size=2, eval_split="none")
+        train_main(["--config", config, "--output_dir", str(run / "out"), "--fps", "3"])
+        final = run / "out" / "final"
+        AcceleratorState._reset_state(True)
+        evaluate_main(["--model", str(final), "--corpus", corpus, "--split", "test", "--output",
+                       str(run / "eval.json"), "--save_embeddings", str(run / "embeddings")])
+        index_library(corpus, str(final), run / "index", batch_size=2, num_workers=0, chunk_size=2,
+                      show_progress=False)  # fmt: skip
+        table, vectors = read_rows([run / "index" / p for p in read_manifest(run / "index")["parts"]])
+        results[name] = (load_file(final / "model.safetensors"), load_file(run / "embeddings" / "embeddings.safetensors"),
+                         dict(zip(table.column("video_id").to_pylist(), vectors)))  # fmt: skip
+    (weights, embeddings, index), (hub_weights, hub_embeddings, hub_index) = results["local"], results["hub"]
+    assert weights.keys() == hub_weights.keys()
+    for key in weights:
+        torch.testing.assert_close(hub_weights[key], weights[key], rtol=0, atol=1e-6)
+    for key in ("text_embeds", "video_embeds"):
+        torch.testing.assert_close(hub_embeddings[key], embeddings[key], rtol=0, atol=1e-6)
+    assert sorted(hub_index) == sorted(index) == ["clip10fps", "clip30fps", "short", "textured", "train_a", "train_b"]
+    for video_id, vector in index.items():
+        np.testing.assert_allclose(hub_index[video_id], vector, rtol=0, atol=1e-6)
+
+
+def test_a_store_at_another_fps_or_size_than_the_run_is_refused_naming_both(store, tmp_path, capsys):
+    from accelerate.state import AcceleratorState, GradientState
+    from test_training import write_config
+
+    from training.train import main as train_main
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    config = write_config(tmp_path, str(store), max_train_steps=1, per_device_train_batch_size=2)
+    with pytest.raises(ValueError, match=r"holds frames at 3 fps, the run .* samples at 1 fps: pass --fps 3"):
+        train_main(["--config", config, "--output_dir", str(tmp_path / "run"), "--fps", "1", "--dry_run"])
+    from training.frame_store import check_store_settings
+
+    with pytest.raises(ValueError, match=r"holds frames of 32x32 px, the model m takes 224x224 px"):
+        check_store_settings(str(store), 3.0, 224, "the model m")
+    assert check_store_settings(str(store), 3.0, 32, "the model m")["fps"] == 3
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    plan = train_main(["--config", config, "--output_dir", str(tmp_path / "run"), "--fps", "3", "--dry_run"])
+    assert plan["plan"]["fps"] == 3
+
+
+def test_a_store_from_a_relative_source_indexes_from_any_working_directory(corpus_folder, tmp_path, monkeypatch):
+    """Rows name their videos by absolute path: from another folder the rows are the same videos."""
+    from search.library import list_library
+
+    monkeypatch.chdir(corpus_folder.parent)
+    prepare_frames(corpus_folder.name, str(tmp_path / "frames"), fps=3, size=32, shard_size=4, show_progress=False)
+    here, _ = list_library(str(tmp_path / "frames"))
+    monkeypatch.chdir(tmp_path)
+    there, _ = list_library("frames")
+    assert [video.state for video in here] == [video.state for video in there]
+    assert all(os.path.isfile(video.path) for video in there) and len(there) == 6
+
+
+@pytest.mark.parametrize("case", ["output_is_source", "plain_folder", "negative_fps", "corrupt_settings",
+                                  "other_settings"])
+def test_prepare_frames_refuses_bad_input_in_one_line(case, corpus_folder, tmp_path, capsys):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "clip.mp4").write_bytes((corpus_folder / "short.mp4").read_bytes())
+    output = tmp_path / "frames"
+    args = {"output_is_source": [str(corpus_folder), "--output_dir", str(corpus_folder)],
+            "plain_folder": [str(plain), "--output_dir", str(output)],
+            "negative_fps": [str(corpus_folder), "--output_dir", str(output), "--fps", "-1"],
+            "corrupt_settings": [str(corpus_folder), "--output_dir", str(output)],
+            "other_settings": [str(corpus_folder), "--output_dir", str(output), "--size", "16"]}[case]  # fmt: skip
+    named = {"output_is_source": "is the source folder", "plain_folder": "metadata", "negative_fps": "fps",
+             "corrupt_settings": "frame_store.json: not valid JSON", "other_settings": "size 32 there, 16 now"}[case]
+    if case == "corrupt_settings":
+        output.mkdir()
+        (output / "frame_store.json").write_text('{"version": 2, "settings"')
+    if case == "other_settings":
+        prepare_frames(str(corpus_folder), str(output), fps=3, size=32, shard_size=100, show_progress=False)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli("prepare_frames", prepare_module.main, args)
+    error = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and "Traceback" not in error
+    assert error.startswith("prepare_frames: error:") and named in error, error
+    assert not (corpus_folder / "frame_store.json").exists()
 
 
 def test_training_and_evaluation_read_the_store(store, corpus_folder, tmp_path, sampler):

@@ -540,7 +540,7 @@ def _check_loader_options(name: str, loader, options: dict) -> None:
 
 def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
     """Load a corpus by name (`msrvtt`, `msvd`, `lsmdc`, `activitynet`, `demo`), a videofolder path or a frame
-    store folder (`training.frame_store`, its frames already decoded).
+    store (`training.frame_store`, its frames already decoded): its folder, or its Hub dataset id `org/name`.
 
     Keyword arguments go to the loader (`video_dir`, `splits_dir`, ...). `demo` takes `folder`
     (default `data/demo`) and generates the demo corpus there unless one with the same settings is there already;
@@ -558,11 +558,13 @@ def load_corpus(name_or_folder: str | os.PathLike, **kwargs) -> DatasetDict:
         on_missing = kwargs.pop("on_missing", "skip")
         generate_demo_corpus(folder, **kwargs)  # reuses a corpus already generated with these settings
         return load_videofolder(folder, on_missing=on_missing)
-    from .frame_store import is_frame_store, load_frame_store
+    from .frame_store import load_frame_store, resolve_store
 
-    if is_frame_store(name):  # written by training.prepare_frames
-        return load_frame_store(name, **kwargs)
+    store = resolve_store(name)  # a store folder or Hub dataset id, written by training.prepare_frames
+    if store is not None:
+        return load_frame_store(store, **kwargs)
     if os.path.isdir(name):
         _check_loader_options(name, load_videofolder, kwargs)
         return load_videofolder(name, **kwargs)
-    raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)} or a folder with metadata.jsonl/.csv")
+    raise ValueError(f"unknown corpus {name!r}: use one of {', '.join(CORPORA)}, a folder with metadata.jsonl/.csv, "
+                     "or a frame store (its folder or Hub dataset id)")

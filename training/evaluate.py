@@ -561,6 +561,9 @@ def _evaluate_cli(args, post_process) -> dict:
     provenance = {"model": args.model, "model_fingerprint": model_fingerprint(args.model, processor),
                   "corpus": args.corpus, "split": args.split, "dtype": dtype,
                   "max_videos": args.max_videos}  # fmt: skip
+    from training.frame_store import check_store_settings
+
+    check_store_settings(args.corpus, processor.fps, processor.image_size, f"the model {args.model}")
     with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
         report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
                                 args.num_workers, show_progress=accelerator.is_local_main_process,

@@ -7,8 +7,10 @@
 Each video is decoded once (in `--num_proc` processes, with a progress bar) at `--fps` (the frames the processor
 would sample from at that rate), resized (shorter side to `--size`, center crop, as the processor does) and
 stored as JPEG (`--quality`). Splits are written in shards of `--shard_size` videos, each atomically, so an
-interrupted run resumes where it stopped when started again with the same arguments. Videos that fail to
-decode are skipped and listed with their reason in `summary.json`; the run still succeeds.
+interrupted run resumes where it stopped when started again with the same arguments (the same source, however
+its path is spelled). Videos that fail to decode are skipped and listed with their reason in `summary.json`; the
+run still succeeds. The store is a `datasets` dataset (`load_dataset(output_dir)`); `--push_to_hub org/name`
+uploads it whole, settings included, and `--corpus org/name` reads it back anywhere.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -29,15 +30,17 @@ if __name__ == "__main__":  # --help and a mistyped flag answer before numpy and
     build_prepare_frames_parser().parse_args()
 
 import numpy as np
-from datasets import Dataset, List, are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+from datasets import List
+from datasets.arrow_writer import ArrowWriter
 
 from training.cli_parsers import build_prepare_frames_parser
-from training.corpora import CORPUS_KEYS, load_corpus
+from training.corpora import CORPORA, CORPUS_KEYS, load_corpus
 from training.frame_store import (
-    FAILED_FILE,
+    CARD_FILE,
     STORE_FILE,
+    STORE_VERSION,
     SUMMARY_FILE,
-    load_frame_store,
+    failed_path,
     read_manifest,
     shard_path,
     store_features,
@@ -45,7 +48,6 @@ from training.frame_store import (
 
 logger = logging.getLogger(__name__)
 
-STORE_VERSION = 1
 DECODE_BATCH = 32  # frames decoded at a time: bounds memory on long, large videos
 
 
@@ -119,6 +121,7 @@ def plan_store(corpus, settings: dict, shard_size: int) -> dict:
 
 
 def _write_json_atomically(path: str, data) -> None:
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2)
@@ -131,32 +134,54 @@ def open_store(output_dir: str, manifest: dict) -> None:
     if os.path.isfile(os.path.join(output_dir, STORE_FILE)):
         existing = read_manifest(output_dir)
         if existing != manifest:
-            raise ValueError(
-                f"{output_dir} holds a frame store made with other settings or another corpus "
-                f"({existing['settings']} vs {manifest['settings']}): use another --output_dir, or delete it"
-            )
+            there = existing["settings"]
+            shown = "; ".join(f"{key} {there.get(key)!r} there, {value!r} now" for key, value in
+                              manifest["settings"].items() if there.get(key) != value) or "another corpus"  # fmt: skip
+            raise ValueError(f"{output_dir} holds a frame store made with other settings ({shown}): use another "
+                             "--output_dir, or delete it")  # fmt: skip
         return
     _write_json_atomically(os.path.join(output_dir, STORE_FILE), manifest)
+    write_card(output_dir, manifest)
 
 
-def write_shard(output_dir: str, relative: str, rows: list[dict], failed: list[dict], caption_is_list: bool) -> None:
-    """Write one shard to a temporary folder, then rename it into place: a shard is there whole or not at all."""
-    final = os.path.join(output_dir, relative)
+def write_card(output_dir: str, manifest: dict) -> None:
+    """The dataset card: YAML `configs:` mapping each split to its shards (what `load_dataset` and the Hub read),
+    and the settings in words."""
+    settings = manifest["settings"]
+    files = "".join(f"  - split: {split}\n    path: data/{split}-*.arrow\n" for split in manifest["splits"])
+    rows = "".join(f"| {split} | {layout['videos']} | {layout['shards']} |\n" for split, layout in manifest["splits"].items())
+    fps = "every frame" if settings["fps"] is None else f"{settings['fps']:g} fps"
+    size = "the decoded size" if not settings["size"] else f"{settings['size']}x{settings['size']} px (shorter side resized, center crop)"
+    card = (f"---\nconfigs:\n- config_name: default\n  data_files:\n{files}tags:\n- video\n- centerclip-frame-store\n---\n\n"
+            f"# Frame store of {os.path.basename(str(settings['source']))}\n\n"
+            f"Videos decoded once by `python -m training.prepare_frames` (CenterCLIP): frames at {fps}, {size}, "
+            f"JPEG quality {settings['quality']}. One row per video: `video_id`, `caption`, `frames`, `timestamps` "
+            "(seconds), `duration` (seconds), `video` (the source file).\n\n"
+            "```python\nfrom datasets import load_dataset\nstore = load_dataset(\"THIS_REPO_OR_FOLDER\")\n```\n\n"
+            "Training, evaluation and `centerclip index` read it with `--corpus THIS_REPO_OR_FOLDER`; the settings "
+            f"travel in `{STORE_FILE}`, the videos that failed to decode are listed in `{SUMMARY_FILE}`.\n\n"
+            "| split | videos planned | shards |\n|---|---|---|\n" + rows)  # fmt: skip
+    temporary = os.path.join(output_dir, f".{CARD_FILE}.tmp-{os.getpid()}")
+    with open(temporary, "w", encoding="utf-8") as handle:
+        handle.write(card)
+    os.replace(temporary, os.path.join(output_dir, CARD_FILE))
+
+
+def write_shard(output_dir: str, index: tuple[str, int, int], rows: list[dict], failed: list[dict],
+                caption_is_list: bool) -> None:  # fmt: skip
+    """Write one shard `(split, number, count)`: its failed list, then its rows to a hidden temporary file renamed
+    into place, so a shard is there whole or not at all (and `datasets` never sees a half-written one)."""
+    _write_json_atomically(os.path.join(output_dir, failed_path(*index)), failed)
+    final = os.path.join(output_dir, shard_path(*index))
     temporary = os.path.join(os.path.dirname(final), f".tmp-{os.path.basename(final)}-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    if rows:  # a shard whose videos all failed holds only its failed.json
-        columns = {key: [row[key] for row in rows] for key in store_features(caption_is_list)}
-        shard = Dataset.from_dict(columns, features=store_features(caption_is_list))
-        shown = not are_progress_bars_disabled()
-        disable_progress_bars()  # one bar per shard would drown the run's own progress bar
-        try:
-            shard.save_to_disk(temporary)
-        finally:
-            if shown:
-                enable_progress_bars()
-    with open(os.path.join(temporary, FAILED_FILE), "w", encoding="utf-8") as handle:
-        json.dump(failed, handle, indent=2)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    features = store_features(caption_is_list)
+    columns = {key: [row[key] for row in rows] for key in features}
+    # A shard whose videos all failed is an empty table with the store's schema: every shard file exists.
+    with ArrowWriter(features=features, path=temporary) as writer:
+        if rows:
+            writer.write_batch(columns)
+        writer.finalize()
     os.replace(temporary, final)
 
 
@@ -170,12 +195,12 @@ def summarize(output_dir: str, manifest: dict, seconds: float) -> dict:
     for split, layout in manifest["splits"].items():
         split_failed = []
         for index in range(layout["shards"]):
-            with open(os.path.join(output_dir, shard_path(split, index, layout["shards"]), FAILED_FILE)) as handle:
+            with open(os.path.join(output_dir, failed_path(split, index, layout["shards"])), encoding="utf-8") as handle:
                 split_failed += [{"split": split, **entry} for entry in json.load(handle)]
         splits[split] = {"videos": layout["videos"] - len(split_failed), "failed": len(split_failed)}
         failed += split_failed
     stored = sum(s["videos"] for s in splits.values())
-    size = _folder_bytes(output_dir)
+    size = _folder_bytes(os.path.join(output_dir, "data"))
     summary = {"splits": splits, "failed": failed, "bytes": size, "bytes_per_video": size / max(1, stored),
                "seconds_this_run": seconds, "settings": manifest["settings"]}
     _write_json_atomically(os.path.join(output_dir, SUMMARY_FILE), summary)
@@ -201,17 +226,25 @@ def prepare_frames(
     if size < 0 or not 1 <= quality <= 100 or num_proc < 1 or shard_size < 1:
         raise ValueError(f"need size >= 0, 1 <= quality <= 100, num_proc >= 1, shard_size >= 1; got "
                          f"size={size}, quality={quality}, num_proc={num_proc}, shard_size={shard_size}")
+    source, output_dir = os.fspath(source), os.fspath(output_dir)
+    if os.path.isdir(source) and os.path.exists(output_dir) and os.path.samefile(source, output_dir):
+        raise ValueError(f"--output_dir {output_dir} is the source folder {source}: write the store to a folder of "
+                         "its own")  # fmt: skip
     start = time.perf_counter()
     corpus = load_corpus(source, **corpus_options)
-    settings = {"source": os.fspath(source), "corpus_options": corpus_options, "fps": fps, "size": size,
-                "quality": quality}
+    # Paths are recorded absolute: a resume that spells the source another way is the same store, and rows keep
+    # their identity (`video`) from any working directory.
+    settings = {"source": source if source in CORPORA else os.path.abspath(source),
+                "corpus_options": {key: os.path.abspath(value) if key in CORPUS_KEYS else value
+                                   for key, value in corpus_options.items()},
+                "fps": fps, "size": size, "quality": quality}  # fmt: skip
     manifest = plan_store(corpus, settings, shard_size)
     open_store(output_dir, manifest)
 
     pending = []  # (split, shard index, rows of the corpus split)
     for split, layout in manifest["splits"].items():
         for index in range(layout["shards"]):
-            if not os.path.isdir(os.path.join(output_dir, shard_path(split, index, layout["shards"]))):
+            if not os.path.isfile(os.path.join(output_dir, shard_path(split, index, layout["shards"]))):
                 rows = range(index * shard_size, min((index + 1) * shard_size, layout["videos"]))
                 pending.append((split, index, rows))
     total = sum(len(rows) for _, _, rows in pending)
@@ -233,16 +266,16 @@ def prepare_frames(
                 stored, failed = [], []
                 for row in rows:
                     record = corpus[split][row]
+                    video = os.path.abspath(record["video"])
                     result, reason = next(results)
                     progress.update()
                     if result is None:
-                        logger.warning("skipping %s: %s", record["video"], reason)
-                        failed.append({"video_id": record["video_id"], "video": record["video"], "reason": reason})
+                        logger.warning("skipping %s: %s", video, reason)
+                        failed.append({"video_id": record["video_id"], "video": video, "reason": reason})
                     else:
                         stored.append({"video_id": record["video_id"], "caption": record["caption"],
-                                       "video": record["video"], **result})
-                relative = shard_path(split, index, layout["shards"])
-                write_shard(output_dir, relative, stored, failed, layout["caption_is_list"])
+                                       "video": video, **result})
+                write_shard(output_dir, (split, index, layout["shards"]), stored, failed, layout["caption_is_list"])
     finally:
         if pool:
             pool.shutdown(cancel_futures=True)
@@ -254,20 +287,23 @@ def prepare_frames(
 
 
 def push_store_to_hub(output_dir: str, repo_id: str, private: bool = False) -> None:
-    """Publish a complete store as a dataset repository (Parquet, images decodable), with its summary."""
+    """Publish a complete store as a dataset repository: the folder as it is (card, shards, settings, failed
+    lists, summary), so `load_dataset(repo_id)` and `--corpus repo_id` read it like the local folder."""
     from huggingface_hub import HfApi
 
-    store = load_frame_store(output_dir, decode=True)
-    store.push_to_hub(repo_id, private=private, commit_message="Upload frame store (training.prepare_frames)")
-    HfApi().upload_file(path_or_fileobj=os.path.join(output_dir, SUMMARY_FILE), path_in_repo=SUMMARY_FILE,
-                        repo_id=repo_id, repo_type="dataset", commit_message="Frame store summary")
+    if not os.path.isfile(os.path.join(output_dir, SUMMARY_FILE)):
+        raise ValueError(f"{output_dir} is not a complete frame store (no {SUMMARY_FILE}); finish it first")
+    api = HfApi()
+    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+    api.upload_folder(folder_path=output_dir, repo_id=repo_id, repo_type="dataset", ignore_patterns=[".*", "**/.*"],
+                      commit_message="Upload frame store (training.prepare_frames)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = build_prepare_frames_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     corpus_options = {key: getattr(args, key) for key in CORPUS_KEYS if getattr(args, key)}
-    summary = prepare_frames(args.source, args.output_dir, fps=args.fps or None, size=args.size,
+    summary = prepare_frames(args.source, args.output_dir, fps=None if args.fps == 0 else args.fps, size=args.size,
                              quality=args.quality, num_proc=args.num_proc, shard_size=args.shard_size,
                              **corpus_options)
     counts = ", ".join(f"{name} {s['videos']} videos ({s['failed']} failed)" for name, s in summary["splits"].items())

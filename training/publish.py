@@ -36,6 +36,7 @@ from transformers import CLIPConfig, CLIPTextConfig, CLIPVisionConfig, PreTraine
 
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor
 from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS  # what a hub configuration contributes
+from modeling_centerclip.pipeline_centerclip import CUSTOM_PIPELINES, PIPELINE_FILE
 
 from .cli_parsers import HUB_CONFIGS_DIR, SIDECAR_NAME, build_publish_parser, list_hub_configs
 from .model_card import render_model_card
@@ -265,6 +266,8 @@ def convert_clip_checkpoint(
 
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
+    for name, data in pipeline_files(output_dir).items():
+        (output_dir / name).write_bytes(data)
     card = render_model_card(
         output_dir,
         repo_id=repo_id,
@@ -307,6 +310,20 @@ def publishable_files(folder: str | os.PathLike) -> list[tuple[str, Path]]:
     return files
 
 
+def pipeline_files(folder: str | os.PathLike) -> dict[str, bytes]:
+    """`config.json` listing the CenterCLIP pipelines (`custom_pipelines`) and their code: what a model repository
+    needs for `pipeline("zero-shot-video-classification", model=REPO, trust_remote_code=True)`. Empty for a
+    folder that is not a CenterCLIP model. (Local folders go without: `import modeling_centerclip` registers the
+    tasks, and a config listing them would make `pipeline()` ask for `trust_remote_code` there too.)"""
+    config_file = Path(folder) / "config.json"
+    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
+    if config.get("model_type") != CenterCLIPConfig.model_type:
+        return {}
+    config["custom_pipelines"] = CUSTOM_PIPELINES
+    code = Path(inspect.getfile(CenterCLIPModel)).with_name(PIPELINE_FILE).read_bytes()
+    return {"config.json": (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(), PIPELINE_FILE: code}
+
+
 def push_folder(
     folder: str | os.PathLike,
     repo_id: str,
@@ -320,9 +337,10 @@ def push_folder(
 
     Returns the `huggingface_hub.CommitInfo`. Refuses folders with pickled weights (see `publishable_files`).
     """
-    operations = [
-        CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in publishable_files(folder)
-    ]
+    extra = pipeline_files(folder)  # the pipelines travel with the model (the local folder is left as it is)
+    operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+                  for name, path in publishable_files(folder) if name not in extra]  # fmt: skip
+    operations += [CommitOperationAdd(path_in_repo=name, path_or_fileobj=data) for name, data in extra.items()]
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     commit = api.create_commit(

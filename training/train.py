@@ -62,6 +62,7 @@ from training.config import (PLAN_KEYS, checkpoint_tokenizer_remedy, model_confi
                              per_device_batch_size)
 from training.corpora import CORPUS_KEYS, all_captions, expand_captions
 from training.evaluate import headline_results
+from training.frame_store import check_store_settings
 from training.losses import batch_loss
 from training.tokenizer import check_tokenizer
 
@@ -128,8 +129,8 @@ def build_model_and_processor(args, train_split, accelerator: Accelerator):
     processor.num_frames = config.num_frames
     processor.image_size = config.vision_config.image_size
     processor.max_length = args.max_words
-    if args.fps is not None:
-        processor.fps = args.fps
+    processor.fps = processor.fps if args.fps is None else args.fps
+    check_store_settings(args.corpus, processor.fps, processor.image_size, "the run (--fps, else the checkpoint's)")
     if args.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     return model, processor
@@ -299,7 +300,6 @@ def build_accelerator(args) -> Accelerator:
 def training_plan(args, accelerator, corpus, train_items, steps_per_epoch, max_steps, warmup_steps, per_device,
                   model, processor) -> dict:  # fmt: skip
     """What the run will do, as printed by `--dry_run` (keys: `training.config.PLAN_KEYS`)."""
-    config = model.config
     plan = {
         "corpus": args.corpus, "train_split": args.train_split, "train_videos": len(corpus[args.train_split]),
         "items_per_epoch": len(train_items), "item_kind": "caption" if args.expand_captions else "video",
@@ -307,7 +307,7 @@ def training_plan(args, accelerator, corpus, train_items, steps_per_epoch, max_s
         "global_batch_size": per_device * accelerator.num_processes * args.gradient_accumulation_steps,
         "per_device_train_batch_size": per_device, "gradient_accumulation_steps": args.gradient_accumulation_steps,
         "steps_per_epoch": steps_per_epoch, "num_train_epochs": args.num_train_epochs, "optimizer_steps": max_steps,
-        "warmup_steps": warmup_steps, "learning_rate": args.learning_rate, "num_frames": config.num_frames,
+        "warmup_steps": warmup_steps, "learning_rate": args.learning_rate, "num_frames": (config := model.config).num_frames,
         "max_words": processor.max_length, "fps": processor.fps, "cluster_algo": config.cluster_algo,
         "num_segments": config.num_segments, "num_centers": config.num_centers, "cluster_layer": config.cluster_layer,
         "gradient_checkpointing": args.gradient_checkpointing, "mixed_precision": accelerator.mixed_precision,
