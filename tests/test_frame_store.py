@@ -306,9 +306,9 @@ def test_a_store_from_a_relative_source_indexes_from_any_working_directory(corpu
 
     monkeypatch.chdir(corpus_folder.parent)
     prepare_frames(corpus_folder.name, str(tmp_path / "frames"), fps=3, size=32, shard_size=4, show_progress=False)
-    here, _ = list_library(str(tmp_path / "frames"))
+    here = list_library(str(tmp_path / "frames")).videos
     monkeypatch.chdir(tmp_path)
-    there, _ = list_library("frames")
+    there = list_library("frames").videos
     assert [video.state for video in here] == [video.state for video in there]
     assert all(os.path.isfile(video.path) for video in there) and len(there) == 6
 
