@@ -390,12 +390,20 @@ def check_model_folder(model: str) -> None:
     if not os.path.isfile(os.path.join(model, "processor_config.json")):
         raise ValueError(f"--model {model}: no processor_config.json (the CenterCLIPProcessor's settings); {remedy}")
     check_tokenizer_files(model, remedy)
+    from training.lora import adapter_base, check_adapter_fits, is_adapter_folder
+
+    if is_adapter_folder(model):  # a LoRA run's final/: its base must be there and fit
+        try:
+            check_adapter_fits(model, adapter_base(model), what="--model")
+        except FileNotFoundError as error:
+            raise ValueError(f"--model {model}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Text-video retrieval evaluation of a saved CenterCLIP folder")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", help="a save_pretrained folder (model + processor) or Hub id")
+    source.add_argument("--model", help="a save_pretrained folder (model + processor), a LoRA run's final/ "
+                        "(adapter + processor) or Hub id")
     source.add_argument("--from_embeddings", metavar="DIR", help="rank embeddings saved with --save_embeddings")
     parser.add_argument("--corpus", help="a videofolder or frame store path, or msrvtt / msvd / lsmdc / activitynet")
     parser.add_argument("--video_dir")
@@ -459,7 +467,10 @@ def _evaluate_cli(parser, args, post_process) -> dict:
     corpus = load_corpus(args.corpus, **corpus_kwargs)
     if args.split not in corpus:
         parser.error(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
-    model = AutoModel.from_pretrained(args.model).to(accelerator.device)
+    from training.lora import is_adapter_folder, load_adapter_model
+
+    model = load_adapter_model(args.model) if is_adapter_folder(args.model) else AutoModel.from_pretrained(args.model)
+    model = model.to(accelerator.device)  # an adapter is merged into its base: evaluated as fast as the base
     processor = AutoProcessor.from_pretrained(args.model)
     with torch.autocast(accelerator.device.type, dtype=getattr(torch, dtype), enabled=dtype != "float32"):
         report = evaluate_model(model, processor, corpus[args.split], args.batch_size, args.chunk_size, args.max_videos,
