@@ -132,6 +132,9 @@ def test_lora_run_trains_only_the_adapter_and_reloads_through_both_loaders(tmp_p
     torch.testing.assert_close(logits(through_peft, inputs), expected, rtol=0, atol=0)
     torch.testing.assert_close(logits(through_transformers, inputs), expected, rtol=0, atol=0)
     assert not torch.allclose(logits(CenterCLIPModel.from_pretrained(base), inputs), expected, atol=1e-3)
+    from transformers import AutoModel  # and the Auto class: Transformers loads the base the adapter names
+
+    torch.testing.assert_close(logits(AutoModel.from_pretrained(final), inputs), expected, rtol=0, atol=0)
 
     merged = load_adapter_model(final)
     assert type(merged) is CenterCLIPModel and not any("lora" in n for n, _ in merged.named_parameters())

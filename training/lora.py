@@ -24,7 +24,9 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Both towers' attention projections (CLIPAttention); the MLPs (fc1/fc2) and projections stay frozen.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
-DEFAULT_DROPOUT = 0.1
+# peft's default. Dropout > 0 keeps a dropped-out copy of every adapted layer's input for the backward pass: on
+# the demo, dropout 0.1 raised LoRA's training memory from 0.95x to 1.38x of full fine-tuning.
+DEFAULT_DROPOUT = 0.0
 # The `peft:` section of a config file -> the flags it stands for.
 PEFT_SECTION_KEYS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
                      "target_modules": "lora_target_modules", "adapter": "lora_adapter"}  # fmt: skip
@@ -140,7 +142,7 @@ def check_lora_settings(args) -> None:
 
     if not lora_enabled(args):
         for key in LORA_FLAGS[1:]:
-            if getattr(args, key) is not None:
+            if getattr(args, key, None) is not None:
                 fail(key, "LoRA settings need lora_r (the adapter rank; peft.r in a config file)")
         return
     _require_peft()
