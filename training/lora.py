@@ -25,7 +25,7 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Both towers' attention projections (CLIPAttention); the MLPs (fc1/fc2) and projections stay frozen.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 # peft's default. Dropout > 0 keeps a dropped-out copy of every adapted layer's input for the backward pass: on
-# the demo, dropout 0.1 raised LoRA's training memory from 0.95x to 1.38x of full fine-tuning.
+# the demo, dropout 0.1 raised LoRA's training memory from 1.17x to 1.38x of full fine-tuning (docs/lora.md).
 DEFAULT_DROPOUT = 0.0
 # The `peft:` section of a config file -> the flags it stands for.
 PEFT_SECTION_KEYS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
@@ -164,7 +164,7 @@ def check_lora_settings(args) -> None:
                          "base with these settings first: CenterCLIPModel.from_pretrained(base, "
                          f"{changed[0]}=...).save_pretrained(folder)")  # fmt: skip
     if args.lora_adapter is not None:
-        for key in ("lora_r", "lora_alpha", "lora_target_modules"):
+        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
             if getattr(args, key) is not None:
                 fail(key, "the adapter given by lora_adapter brings its own settings; leave this unset")
         if not os.path.isdir(args.lora_adapter):
