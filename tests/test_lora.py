@@ -378,3 +378,21 @@ def test_bad_lora_settings_fail_at_parse_time_naming_the_key(tmp_path, corpus, b
     with pytest.raises(ValueError, match=r"'lora_r'.*brings its own settings"):
         parse(peft={"adapter": summary["final_dir"], "r": 4})
     assert not (tmp_path / "never").exists()
+
+
+# ------------------------------------------------------------------------------------------------- benchmarks
+
+
+def test_speed_benchmark_lora_mode_counts_the_adapter(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                   os.environ.get("PYTHONPATH")])))  # fmt: skip
+    import benchmark_speed
+
+    (row,) = benchmark_speed.main(["--quick", "--lora", "4", "--train_steps", "1", "--output_dir", str(tmp_path)])
+    assert json.loads((tmp_path / "speed_lora.json").read_text())["rows"] == [json.loads(json.dumps(row))]
+    # (4 vision + 1 text layers) x 4 projections x rank 4 x (32 in + 32 out)
+    assert row["lora_trainable_parameters"] == (4 + 1) * 4 * 4 * (32 + 32)
+    # AdamW keeps state only for weights that got a gradient: the video tower's
+    assert 0 < row["lora_optimizer_state_mb"] < row["full_optimizer_state_mb"]
+    assert row["full_train_peak_mb"] > 0 and row["lora_train_peak_mb"] >= 0

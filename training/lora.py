@@ -15,6 +15,7 @@ LoRA weights are weights that stock CLIP lacks, so they train at `new_learning_r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
@@ -199,13 +200,20 @@ def lora_config(args):
                       target_modules=list(args.lora_target_modules or DEFAULT_TARGET_MODULES), bias="none")  # fmt: skip
 
 
+@contextlib.contextmanager
+def _peft_deprecation_silenced():
+    """peft still asks Transformers 5 for the deprecated `is_gradient_checkpointing`: not the user's concern."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
 def add_lora(model, args):
     """Freeze `model` and wrap it in a `PeftModel` with a fresh adapter (or the one `lora_adapter` names, to train
     further). `base_model_name_or_path` of the saved adapter is the run's `model_name_or_path`."""
     peft = _require_peft()
     model.name_or_path = args.model_name_or_path  # what adapter_config.json names as the base
-    with warnings.catch_warnings():  # peft still asks Transformers 5 for the deprecated `is_gradient_checkpointing`
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with _peft_deprecation_silenced():
         if args.lora_adapter is not None:
             return peft.PeftModel.from_pretrained(model, args.lora_adapter, is_trainable=True)
         return peft.get_peft_model(model, lora_config(args))
@@ -234,5 +242,6 @@ def load_adapter_model(adapter_dir, merge: bool = True, **overrides):
     base = adapter_base(adapter_dir)
     model = CenterCLIPModel.from_pretrained(base, **overrides)
     check_adapter_fits(adapter_dir, base, model)
-    model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
+    with _peft_deprecation_silenced():
+        model = peft.PeftModel.from_pretrained(model, str(adapter_dir))
     return model.merge_and_unload() if merge else model
