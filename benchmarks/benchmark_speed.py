@@ -17,6 +17,10 @@ For every case (a hub configuration, plus a sweep of centers for ViT-B/32) it me
   dispatches (`TorchDispatchMode`; the fused kernel counted as its launches, not run, so this works on the
   CPU too) and, on CUDA, the kernels it launches (`torch.profiler`).
 
+With `--lora R` it measures instead, per training case, a full CenterCLIP training step with AdamW against the
+same step of a LoRA adapter of rank R (`training.lora`: q/k/v/out projections of both towers, the base frozen):
+trainable parameters, AdamW state, step time and peak memory (random weights: the shapes are what matters).
+
 CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa, inference at 1, 8 and 32 videos
 (`--batch_grid`, `--batch`) and training steps of 128 videos, and also times the tower with the torch clustering
 backend forced. Output: a table on stdout, a JSON file and a plot of speed-up against tokens kept with the FLOPs
@@ -302,7 +306,18 @@ def training_step(case: dict) -> dict:
     else:
         model = CenterCLIPModel(config).to(device)
         encode = lambda pixels: model.get_video_features(pixels).pooler_output  # noqa: E731
+    if case.get("lora_r"):
+        from types import SimpleNamespace
+
+        from training.lora import add_lora
+
+        lora = SimpleNamespace(model_name_or_path=case["hub_config"], lora_adapter=None, lora_r=case["lora_r"],
+                               lora_alpha=None, lora_dropout=0.0, lora_target_modules=None)  # fmt: skip
+        model = add_lora(model, lora)
     model.train()
+    # With "adamw": an AdamW step too, its state allocated in the first (measured) step.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable) if case.get("optimizer") == "adamw" else None
     g = torch.Generator().manual_seed(0)
     size = config.vision_config.image_size
     pixels = torch.randn(case["train_batch"], config.num_frames, 3, size, size, generator=g).to(device)
@@ -312,6 +327,8 @@ def training_step(case: dict) -> dict:
         with autocast(device):
             loss = -(encode(pixels) * target).sum()
         loss.backward()
+        if optimizer is not None:
+            optimizer.step()
         model.zero_grad(set_to_none=True)
 
     if device.type == "cuda":
@@ -325,7 +342,9 @@ def training_step(case: dict) -> dict:
         seconds = [timed(step, device)]
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
     seconds += [timed(step, device) for _ in range(case["train_steps"] - 1)]
-    return {"train_step_s": statistics.median(seconds[1:] or seconds), "train_peak_bytes": peak}
+    state_bytes = sum(t.nbytes for state in optimizer.state.values() for t in state.values()) if optimizer else 0
+    return {"train_step_s": statistics.median(seconds[1:] or seconds), "train_peak_bytes": peak,
+            "trainable_parameters": sum(p.numel() for p in trainable), "optimizer_state_bytes": state_bytes}
 
 
 def _rss_bytes() -> int:
@@ -418,6 +437,37 @@ def run_case(name, hub_config, overrides, args, device, stock_training: dict, tr
             train_memory_ratio=ours["train_peak_bytes"] / stock["train_peak_bytes"],
         )
     return row
+
+
+def run_lora_case(name, hub_config, overrides, args, device) -> dict:
+    """Full fine-tuning (AdamW) against a LoRA adapter of rank `args.lora` (AdamW), CenterCLIP in both."""
+    config = case_config(hub_config, overrides)
+    batch = args.train_batch or default_train_batch(config, device)
+    case = dict(hub_config=hub_config, overrides=overrides, device=device.type, train_batch=batch,
+                train_steps=args.train_steps, model="centerclip", optimizer="adamw")  # fmt: skip
+    full, lora = training_in_fresh_process(case), training_in_fresh_process(dict(case, lora_r=args.lora))
+    if full is None or lora is None:
+        return {"case": name, "train_error": f"out of GPU memory at {batch} videos (see --train_batch)"}
+    row = {"case": name, "hub_config": hub_config, "train_batch": batch, "lora_r": args.lora}
+    for method, result in (("full", full), ("lora", lora)):
+        row.update({f"{method}_train_step_s": result["train_step_s"], f"{method}_train_peak_mb": result["train_peak_bytes"] / 2**20,
+                    f"{method}_trainable_parameters": result["trainable_parameters"],
+                    f"{method}_optimizer_state_mb": result["optimizer_state_bytes"] / 2**20})  # fmt: skip
+    row["lora_memory_ratio"] = lora["train_peak_bytes"] / full["train_peak_bytes"]
+    return row
+
+
+def print_lora_table(rows: list[dict]) -> None:
+    print(f"{'case':<22}{'batch':>6}{'trainable full/LoRA':>24}{'AdamW MB full/LoRA':>21}{'step s full/LoRA':>19}"
+          f"{'train MB full/LoRA':>21}{'mem ratio':>10}")  # fmt: skip
+    for r in rows:
+        if "train_error" in r:
+            print(f"{r['case']:<22}{r['train_error']}")
+            continue
+        print(f"{r['case']:<22}{r['train_batch']:>6}{r['full_trainable_parameters']:>13,}/{r['lora_trainable_parameters']:<10,}"
+              f"{r['full_optimizer_state_mb']:>11.1f}/{r['lora_optimizer_state_mb']:<9.1f}{r['full_train_step_s']:>10.2f}/"
+              f"{r['lora_train_step_s']:<8.2f}{r['full_train_peak_mb']:>11.0f}/{r['lora_train_peak_mb']:<9.0f}"
+              f"{r['lora_memory_ratio']:>9.2f}x")  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:
@@ -619,6 +669,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--output_dir", type=Path, default=Path("outputs/benchmarks"))
     parser.add_argument("--compile", action="store_true", help="eager vs torch.compile vs ONNX Runtime (CPU), "
                         "writes benchmark_compile_cpu.json")
+    parser.add_argument("--lora", type=int, metavar="R", help="measure full fine-tuning (AdamW) against a LoRA "
+                        "adapter of rank R instead (training cases only); writes speed_lora.json")
     parser.add_argument("--_train_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._train_case:
@@ -646,6 +698,14 @@ def main(argv=None) -> list[dict]:
     machine = torch.cuda.get_device_name(device) if on_cuda else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     print(f"device: {device} ({machine}); {'bf16 autocast' if on_cuda else 'fp32'}, sdpa; inference batch {args.batch}")
 
+    if args.lora:
+        rows = [run_lora_case(name, hub, overrides, args, device) for name, hub, overrides, measured in cases if measured]
+        print_lora_table(rows)
+        args.output_dir.mkdir(parents=True, exist_ok=True)
+        report = {"device": str(device), "machine": machine, "torch": torch.__version__, "rows": rows}
+        (args.output_dir / "speed_lora.json").write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.output_dir / 'speed_lora.json'}")
+        return rows
     rows, stock_training = [], {}
     for name, hub_config, overrides, train_measured in cases:
         rows.append(run_case(name, hub_config, overrides, args, device, stock_training, train_measured))

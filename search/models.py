@@ -4,6 +4,9 @@ A model is a CenterCLIP folder or Hub id, or a stock CLIP checkpoint with cluste
 (`{"cluster_algo": "kmedoids", ...}`). Its *fingerprint* hashes the weight files, the saved `config.json` (overrides
 included) and the processor's video settings: an index built with one fingerprint is only searched with the same.
 
+A LoRA adapter folder (a LoRA training run's `final/`: adapter + processor, `training.lora`) is a model too: the
+base it names with the adapter merged in; its fingerprint also covers the adapter's settings and weights.
+
 Text queries need only the tokenizer and the text tower: `TextEncoder` reads the `text_model.*` and
 `text_projection.*` tensors of the safetensors files and nothing else, so no vision weights are loaded.
 Every embedding is L2-normalised here, whatever `get_*_features(...).pooler_output` returns.
@@ -80,7 +83,7 @@ def weight_files(model_dir: Path) -> list[Path]:
     return files
 
 
-def fingerprint(model_dir: Path, overrides: dict, processor: CenterCLIPProcessor) -> str:
+def fingerprint(model_dir: Path, overrides: dict, processor: CenterCLIPProcessor, adapter_dir: Path | None = None) -> str:
     """sha256 of the weight files' bytes, the saved config with the overrides and the processor's video settings
     (first 16 hex digits). The config comes from the folder's `config.json`, not the loaded object, so a package
     upgrade that adds config fields (at their no-op defaults) leaves existing indexes searchable."""
@@ -91,6 +94,13 @@ def fingerprint(model_dir: Path, overrides: dict, processor: CenterCLIPProcessor
     for path in weight_files(model_dir):
         stat = path.stat()
         digest.update(f"{path.name}:{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}".encode())
+    if adapter_dir is not None:  # where the base lies is no part of the model; its bytes are hashed above
+        adapter = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+        adapter.pop("base_model_name_or_path", None)
+        digest.update(json.dumps(adapter, sort_keys=True, default=str).encode())
+        path = adapter_dir / "adapter_model.safetensors"
+        stat = path.stat()
+        digest.update(f"adapter:{_file_sha256(str(path), stat.st_size, stat.st_mtime_ns)}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -101,9 +111,16 @@ class ModelSpec:
         self.name = str(name)
         self.overrides = dict(overrides or {})
         self.model_dir = resolve_model_dir(self.name)
-        self.config = load_config(self.model_dir, self.overrides)
+        self.adapter_dir, self.base_dir = None, self.model_dir
+        if (self.model_dir / "adapter_config.json").is_file():  # a LoRA adapter: weights and config are its base's
+            from training.lora import adapter_base, check_adapter_fits
+
+            base = adapter_base(self.model_dir)
+            self.adapter_dir, self.base_dir = self.model_dir, resolve_model_dir(base)
+            check_adapter_fits(self.adapter_dir, base)
+        self.config = load_config(self.base_dir, self.overrides)
         self.processor = load_processor(self.model_dir, self.config)
-        self.fingerprint = fingerprint(self.model_dir, self.overrides, self.processor)
+        self.fingerprint = fingerprint(self.base_dir, self.overrides, self.processor, self.adapter_dir)
 
     def describe(self) -> dict:
         return {"name": self.name, "overrides": self.overrides, "fingerprint": self.fingerprint,
@@ -121,6 +138,10 @@ class ModelSpec:
         )
 
     def load_video_model(self, device: torch.device | str = "cpu") -> CenterCLIPModel:
+        if self.adapter_dir is not None:
+            from training.lora import load_adapter_model
+
+            return load_adapter_model(self.adapter_dir, **self.overrides).to(device).eval()
         return CenterCLIPModel.from_pretrained(self.model_dir, **self.overrides).to(device).eval()
 
     def load_text_encoder(self) -> TextEncoder:
@@ -138,7 +159,10 @@ class TextEncoder:
         text_config.projection_dim = spec.config.projection_dim
         self.model = CLIPTextModelWithProjection._from_config(text_config)
         state = {}
-        for path in weight_files(spec.model_dir):
+        if spec.adapter_dir is not None:  # the adapter changes text weights too: take them from the merged model
+            merged = spec.load_video_model().state_dict()
+            state = {k: v for k, v in merged.items() if k.startswith(TEXT_PREFIXES)}
+        for path in weight_files(spec.model_dir) if spec.adapter_dir is None else ():
             with safe_open(str(path), framework="pt") as handle:
                 state.update({k: handle.get_tensor(k) for k in handle.keys() if k.startswith(TEXT_PREFIXES)})
         missing, _ = self.model.load_state_dict(state, strict=False)

@@ -148,7 +148,12 @@ def build_publish_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty output_dir")
     convert.add_argument("--tokenizer", help="folder or Hub id of the CLIP tokenizer (default: the checkpoint's)")
     push = commands.add_parser("push", formatter_class=HelpFormatter, help="push a saved CenterCLIP folder")
-    push.add_argument("--folder", required=True, help="a CenterCLIP folder (convert's --output_dir, train's final/)")
+    push.add_argument("--folder", required=True, help="a CenterCLIP folder (convert's --output_dir, train's final/) "
+                      "or a LoRA run's final/ (adapter)")  # fmt: skip
+    push.add_argument("--merge", action="store_true", help="an adapter folder: push the base with the adapter merged "
+                      "into its weights (a full model, saved to --output_dir first) instead of the adapter")
+    push.add_argument("--output_dir", help="with --merge: where the merged model is saved")
+    push.add_argument("--results", help="an adapter folder: evaluation report (evaluate.py --output) for its card")
     for sub in (convert, push):
         sub.add_argument("--hub_model_id", help="org/name of the Hub repo (required to push)")
         sub.add_argument("--private", action="store_true", help="make the Hub repository private")

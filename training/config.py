@@ -13,6 +13,7 @@ import os
 import yaml
 
 from training.cli_parsers import CLUSTER_ALGOS, CLUSTER_DISTANCES, CORPUS_NAMES, add_corpus_options, new_parser
+from training.lora import DEFAULT_DROPOUT, DEFAULT_TARGET_MODULES, check_lora_settings, module_names, peft_section_to_flags
 
 # `--dry_run` prints these, one `key: value` per line (see `training.train.plan`).
 PLAN_KEYS = ("corpus", "train_split", "train_videos", "items_per_epoch", "item_kind", "num_processes",
@@ -49,6 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_name_or_path", help="from scratch: a CLIP tokenizer to use instead of training one")
     model.add_argument("--tokenizer_vocab_size", type=int, default=1000,
                        help="from scratch: size of the BPE vocabulary trained on the training captions")
+    lora = parser.add_argument_group("LoRA (peft; in a config file also a `peft:` section of r, lora_alpha, "
+                                     "lora_dropout, target_modules, adapter)")
+    lora.add_argument("--lora_r", type=int, help="train a LoRA adapter of this rank instead of all weights "
+                      "(needs model_name_or_path); the adapter trains at new_learning_rate")
+    lora.add_argument("--lora_alpha", type=float, help="LoRA scaling numerator (default: 2 x lora_r)")
+    lora.add_argument("--lora_dropout", type=float, help=f"dropout on the LoRA input (default: {DEFAULT_DROPOUT})")
+    lora.add_argument("--lora_target_modules", type=module_names, metavar="NAME[,NAME...]",
+                      help=f"modules to adapt, both towers (default: {','.join(DEFAULT_TARGET_MODULES)})")
+    lora.add_argument("--lora_adapter", help="train this saved adapter further instead of a fresh one (its "
+                      "adapter_config.json must name model_name_or_path as its base)")
     data = parser.add_argument_group("data")
     data.add_argument("--corpus", help=f"a videofolder or frame store path, or {CORPUS_NAMES}")
     add_corpus_options(data)
@@ -129,6 +140,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     known, _ = parser.parse_known_args(argv)
     if known.config:
         file_values = read_config_file(known.config)
+        if "peft" in file_values:
+            section = peft_section_to_flags(file_values.pop("peft"), known.config)
+            duplicated = set(section) & set(file_values)
+            if duplicated:
+                raise ValueError(f"config key {sorted(duplicated)[0]!r} ({known.config}): given twice, also in peft:")
+            file_values.update(section)
         for key, value in file_values.items():
             if key not in actions:
                 raise ValueError(f"config key {key!r} ({known.config}): unknown; valid keys: {', '.join(sorted(actions))}")
@@ -224,6 +241,7 @@ def validate_args(args: argparse.Namespace) -> None:
         fail("resume", "must be 'latest', a run's output_dir or an existing checkpoint folder")
     if args.push_to_hub and not args.hub_model_id:
         fail("hub_model_id", "required with push_to_hub")
+    check_lora_settings(args)
 
 
 def checkpoint_tokenizer_remedy(folder: str) -> str:

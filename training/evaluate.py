@@ -495,6 +495,13 @@ def check_model_folder(model: str) -> None:
     if not os.path.isfile(os.path.join(model, "processor_config.json")):
         raise ValueError(f"--model {model}: no processor_config.json (the CenterCLIPProcessor's settings); {remedy}")
     check_tokenizer_files(model, remedy)
+    from training.lora import adapter_base, check_adapter_fits, is_adapter_folder
+
+    if is_adapter_folder(model):  # a LoRA run's final/: its base must be there and fit
+        try:
+            check_adapter_fits(model, adapter_base(model), what="--model")
+        except FileNotFoundError as error:
+            raise ValueError(f"--model {model}: {error}") from None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -556,7 +563,10 @@ def _evaluate_cli(args, post_process) -> dict:
     corpus = load_corpus(args.corpus, **corpus_kwargs)
     if args.split not in corpus:
         raise ValueError(f"--split {args.split!r}: corpus {args.corpus} has splits {list(corpus)}")
-    model = AutoModel.from_pretrained(args.model).to(accelerator.device)
+    from training.lora import is_adapter_folder, load_adapter_model
+
+    model = load_adapter_model(args.model) if is_adapter_folder(args.model) else AutoModel.from_pretrained(args.model)
+    model = model.to(accelerator.device)  # an adapter is merged into its base: evaluated as fast as the base
     processor = AutoProcessor.from_pretrained(args.model)
     provenance = {"model": args.model, "model_fingerprint": model_fingerprint(args.model, processor),
                   "corpus": args.corpus, "split": args.split, "dtype": dtype,

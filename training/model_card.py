@@ -8,6 +8,7 @@ configuration's `hub.json`, and are always labelled as the paper's, never as thi
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -268,6 +269,53 @@ def render_model_card(
     ]
     card = ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n")
     return str(card)
+
+
+ADAPTER_SNIPPET = """\
+```python
+from peft import PeftModel
+from transformers import AutoProcessor
+from modeling_centerclip import CenterCLIPModel  # pip install modeling-centerclip[peft]
+
+model = PeftModel.from_pretrained(CenterCLIPModel.from_pretrained("{base}"), "{repo_id}").eval()
+# or Transformers' own loader: model = CenterCLIPModel.from_pretrained("{base}"); model.load_adapter("{repo_id}")
+# or merged into the base weights (as fast as the base): model = model.merge_and_unload()
+processor = AutoProcessor.from_pretrained("{repo_id}", trust_remote_code=True)
+```"""
+
+
+def render_adapter_card(folder: str | os.PathLike, *, repo_id: str | None = None,
+                        results: Mapping[str, Mapping[str, float]] | None = None, training_data: str | None = None) -> str:
+    """A model card for a LoRA adapter folder (`adapter_config.json` + `adapter_model.safetensors`): the base, rank,
+    alpha, dropout, target modules and trainable parameters are read from the folder, so they cannot drift."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
+        trainable = sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+    base = adapter["base_model_name_or_path"]
+    repo_id = repo_id or folder.resolve().name
+    hub_base = None if Path(base).exists() else base  # a local path means nothing on the Hub
+    metadata = ModelCardData(library_name="peft", pipeline_tag=PIPELINE_TAG, tags=[*TAGS, "lora", "peft"],
+                             base_model=hub_base)  # fmt: skip
+    targets = ", ".join(f"`{name}`" for name in sorted(adapter["target_modules"]))
+    settings = _table(["setting", "value"], [
+        ["base model", f"`{base}`"], ["method", "LoRA (peft)"], ["rank", adapter["r"]],
+        ["alpha", adapter["lora_alpha"]], ["dropout", adapter["lora_dropout"]], ["target modules", targets],
+        ["trainable parameters", f"{trainable:,}"],
+    ])  # fmt: skip
+    sections = [
+        f"# LoRA adapter (rank {adapter['r']}) for `{base}`",
+        f"A LoRA adapter of {trainable:,} parameters for the CenterCLIP model `{base}`: low-rank updates of "
+        f"{targets} in both towers; every base weight stays as it is. The adapter needs its base.",
+        "## How to use", ADAPTER_SNIPPET.format(base=base, repo_id=repo_id),
+        "## Adapter", settings,
+        "## Evaluation results", _results(results, ()),
+        "## Training data", training_data or "Not stated.",
+        "## Citation", f"```bibtex\n{CITATION}\n```",
+    ]  # fmt: skip
+    return str(ModelCard(f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(sections) + "\n"))
 
 
 def _saved_processor_settings(folder: Path) -> dict:

@@ -5,6 +5,8 @@
         [--set num_frames=8 ...] [--push_to_hub --hub_model_id org/centerclip-vitb32 [--private]]
     python -m training.publish push --folder out/centerclip-vitb32 --hub_model_id org/centerclip-vitb32
     python -m training.publish export-onnx --model out/centerclip-vitb32 --output tower.onnx   # training/export_onnx.py
+    python -m training.publish push --folder out/lora_run/final --hub_model_id org/my-adapter     # a LoRA adapter
+    python -m training.publish push --folder out/lora_run/final --hub_model_id org/merged --merge --output_dir out/merged
 
 A hub configuration is a folder with a `config.json` (a `CenterCLIPConfig`: the architecture it is meant for
 plus the cluster settings) and a `hub.json` sidecar (source checkpoint, license, processor settings, the paper's
@@ -39,7 +41,7 @@ from modeling_centerclip.configuration_centerclip import CENTERCLIP_FIELDS  # wh
 from modeling_centerclip.pipeline_centerclip import CUSTOM_PIPELINES, PIPELINE_FILE
 
 from .cli_parsers import HUB_CONFIGS_DIR, SIDECAR_NAME, build_publish_parser, list_hub_configs
-from .model_card import render_model_card
+from .model_card import render_adapter_card, render_model_card
 from .tokenizer import check_tokenizer, load_checked_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -295,15 +297,18 @@ def publishable_files(folder: str | os.PathLike) -> list[tuple[str, Path]]:
         if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts)
     ]
     names = {name for name, _ in files}
+    adapter = "adapter_config.json" in names  # a LoRA adapter folder (training.lora): its base is named inside
     refused = [name for name in names if name.endswith(REFUSED_WEIGHT_SUFFIXES)]
     if refused:
         raise ValueError(
             f"{folder} holds non-safetensors weight files {sorted(refused)}; only safetensors are published. "
             "Remove them (or push the final model folder, not a training checkpoint)."
         )
-    if "config.json" not in names:
+    if adapter and "adapter_model.safetensors" not in names:
+        raise ValueError(f"{folder} has adapter_config.json but no adapter_model.safetensors")
+    if not adapter and "config.json" not in names:
         raise ValueError(f"{folder} has no config.json")
-    if not names & {"model.safetensors", "model.safetensors.index.json"}:
+    if not adapter and not names & {"model.safetensors", "model.safetensors.index.json"}:
         raise ValueError(f"{folder} has no model.safetensors (or model.safetensors.index.json)")
     if "README.md" in names:
         ModelCard.load(folder / "README.md", ignore_metadata_errors=False)  # bad front matter fails here
@@ -350,6 +355,54 @@ def push_folder(
     return commit
 
 
+def push_training_run(folder: str, args, results: dict) -> None:
+    """`train.py --push_to_hub`: the final folder with a model card (an adapter card for a LoRA run)."""
+    from .evaluate import headline_results
+    from .lora import is_adapter_folder
+
+    card_results = {args.corpus: headline_results(results)} if results else None  # MSVD v2t: CLIP4Clip's protocol
+    training_data = f"Fine-tuned on `{args.corpus}` ({args.train_split} split) with training/train.py."
+    if is_adapter_folder(folder):
+        card = render_adapter_card(folder, repo_id=args.hub_model_id, results=card_results,
+                                   training_data=training_data)  # fmt: skip
+    else:
+        card = render_model_card(folder, repo_id=args.hub_model_id, results=card_results,
+                                 training_data=training_data, base_model=args.model_name_or_path)  # fmt: skip
+    Path(folder, "README.md").write_text(card, encoding="utf-8")
+    push_folder(folder, args.hub_model_id)
+
+
+def _results_file(path: str | None) -> dict | None:
+    """`--results`: an evaluation report (training/evaluate.py --output, or a run's eval_results.json)."""
+    from .evaluate import headline_results
+
+    if path is None:
+        return None
+    try:
+        report = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {report.get("corpus", "evaluation"): headline_results(report)}  # MSVD v2t: CLIP4Clip's protocol
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as error:
+        raise ValueError(f"--results {path}: not an evaluation report with t2v and v2t ({error})") from None
+
+
+def prepare_adapter_push(folder: str, repo_id: str, merge_into: str | None, results: dict | None) -> str:
+    """A LoRA adapter folder to push: with its adapter card, or (`merge_into`) merged into its base and saved there
+    as a full model with the processor and a model card. Returns the folder to push."""
+    from .lora import adapter_base, load_adapter_model
+
+    base = adapter_base(folder)
+    training_data = f"The base `{base}` with a LoRA adapter merged into its weights (`{repo_id}`'s source: {folder})."
+    if merge_into is None:
+        card = render_adapter_card(folder, repo_id=repo_id, results=results)
+        Path(folder, "README.md").write_text(card, encoding="utf-8")
+        return folder
+    load_adapter_model(folder).save_pretrained(merge_into)
+    CenterCLIPProcessor.from_pretrained(folder).save_pretrained(merge_into)
+    card = render_model_card(merge_into, repo_id=repo_id, results=results, training_data=training_data, base_model=base)
+    Path(merge_into, "README.md").write_text(card, encoding="utf-8")
+    return merge_into
+
+
 def _read_overrides(parser, pairs: list[tuple[str, str]]) -> dict:
     """`--set KEY=VALUE` pairs -> settings; VALUE is JSON or a bare string (`kmedoids`)."""
     overrides = {}
@@ -386,7 +439,18 @@ def main(argv=None) -> None:
     else:
         if not args.hub_model_id:
             parser.error("push needs --hub_model_id")
-        push_folder(args.folder, args.hub_model_id, private=args.private, token=args.token)
+        folder = args.folder
+        from .lora import is_adapter_folder
+
+        if args.merge and not (is_adapter_folder(folder) and args.output_dir):
+            parser.error(f"--merge needs an adapter folder (adapter_config.json in {folder}) and --output_dir")
+        if is_adapter_folder(folder):
+            try:
+                folder = prepare_adapter_push(folder, args.hub_model_id, args.output_dir if args.merge else None,
+                                              _results_file(args.results))  # fmt: skip
+            except (ValueError, FileNotFoundError) as error:
+                parser.error(str(error))
+        push_folder(folder, args.hub_model_id, private=args.private, token=args.token)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,7 @@ from training.config import (PLAN_KEYS, checkpoint_tokenizer_remedy, model_confi
 from training.corpora import CORPUS_KEYS, all_captions, expand_captions
 from training.evaluate import headline_results
 from training.frame_store import check_store_settings
+from training.lora import add_lora, lora_enabled
 from training.losses import batch_loss
 from training.tokenizer import check_tokenizer
 
@@ -327,7 +328,9 @@ def train(args, step_callback: Callable[[int], None] | None = None) -> dict:
     os.makedirs(args.output_dir, exist_ok=True)
     corpus = load_corpus_splits(args)
     model, processor = build_model_and_processor(args, corpus[args.train_split], accelerator)
-    if args.freeze_stems:
+    if lora_enabled(args):
+        model = add_lora(model, args)  # every base weight frozen, the adapter trains (training.lora)
+    elif args.freeze_stems:
         freeze_stems(model)
 
     from training.data import SkipCounter, VideoTextDataset, collate_video_text
@@ -336,8 +339,10 @@ def train(args, step_callback: Callable[[int], None] | None = None) -> dict:
     # uint8 frames from the loader, normalised on the device: a quarter of the bytes through workers and to the GPU.
     items = VideoTextDataset(train_split, processor, training=True, do_normalize=False)
     train_data = EpochSeededItems(items, args.seed)
-    train_loader = DataLoader(train_data, batch_size=per_device, shuffle=True, drop_last=True,
-                              collate_fn=collate_video_text, num_workers=args.num_workers)  # fmt: skip
+    # Its own generator: starting an epoch draws nothing from torch's global RNG, so after `--resume` the dropout
+    # draws (e.g. LoRA's) continue exactly as in an uninterrupted run. The order comes from the seedable sampler.
+    train_loader = DataLoader(train_data, batch_size=per_device, shuffle=True, drop_last=True, num_workers=args.num_workers,
+                              collate_fn=collate_video_text, generator=torch.Generator().manual_seed(args.seed))  # fmt: skip
     train_loader = accelerator.prepare(train_loader)
     if len(train_loader) == 0:
         raise ValueError(f"per-device batch of {per_device}: larger than the {len(train_data)} training items per "
@@ -472,11 +477,14 @@ def train(args, step_callback: Callable[[int], None] | None = None) -> dict:
         summary = {"steps": step, "train_time_s": train_time, "num_processes": accelerator.num_processes,
                    "global_batch_size": per_device * accelerator.num_processes * args.gradient_accumulation_steps,
                    "items_per_epoch": len(train_data), "peak_rss_mb_before_training": rss_before_training_mb,
-                   "peak_rss_mb": peak_rss_mb(), "skipped_videos": skipped_videos}  # fmt: skip
+                   "peak_rss_mb": peak_rss_mb(), "skipped_videos": skipped_videos, "trainable_parameters": num_params,
+                   "optimizer_state_bytes": sum(t.nbytes for s in optimizer.state.values() for t in s.values())}  # fmt: skip
         with open(os.path.join(args.output_dir, "train_summary.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2)
         if args.push_to_hub:
-            push(final_dir, args, results)
+            from training.publish import push_training_run
+
+            push_training_run(final_dir, args, results)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     last_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
@@ -492,18 +500,6 @@ def _log_evaluation(accelerator, history: list, step: int, results: dict) -> Non
                      for name, value in results[key].items()}, step=step)  # fmt: skip
     r1 = ", ".join(f"{k} {v:.1f}" for k, v in headline_results(results).items() if k.endswith("R@1"))
     logger.info(f"step {step}: {r1}", main_process_only=True)  # the published protocols, by name
-
-
-def push(folder: str, args, results: dict) -> None:
-    from training.model_card import render_model_card
-    from training.publish import push_folder
-
-    card_results = {args.corpus: headline_results(results)} if results else None  # MSVD v2t: CLIP4Clip's protocol
-    card = render_model_card(folder, repo_id=args.hub_model_id, results=card_results,
-                             training_data=f"Fine-tuned on `{args.corpus}` ({args.train_split} split) with training/train.py.",
-                             base_model=args.model_name_or_path)  # fmt: skip
-    Path(folder, "README.md").write_text(card, encoding="utf-8")
-    push_folder(folder, args.hub_model_id)
 
 
 def main(argv: list[str] | None = None, step_callback: Callable[[int], None] | None = None) -> dict:
