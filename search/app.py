@@ -4,10 +4,13 @@
   addressed by row number, never by path, so nothing but indexed videos can be read from disk, and paths with
   spaces or non-ASCII characters never reach a URL. Gradio's own file route gets no allowed paths.
 - Offline: analytics off, Gradio's bundled frontend and local fonts, no CDN; binds to 127.0.0.1 by default.
+- Search by upload: an image or a video file (at most `max_upload_bytes`, refused by Gradio's upload route
+  above that) is decoded with the CLI's named errors, searched, and deleted from Gradio's temporary folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import os
@@ -17,6 +20,8 @@ from functools import lru_cache
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 MAX_RESULTS = 24
+MAX_UPLOAD_BYTES = 50 * 2**20
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 COLUMNS = 4
 CSS = """
 .result video { width: 100%; aspect-ratio: 4 / 3; background: #111; border-radius: 6px; }
@@ -50,17 +55,66 @@ def poster_jpeg(path: str, size: int = 320) -> bytes:
     return buffer.getvalue()
 
 
-def build_blocks(index):
-    """The page: query box, k, search button, latency line, and a grid of result cards with "more like this"."""
+def search_upload(index, path: str, k: int, temp_root: str | None, max_bytes: int = MAX_UPLOAD_BYTES):
+    """Search by an uploaded image or video file; the file is deleted afterwards (when it lies in `temp_root`,
+    Gradio's upload folder). Returns `(results, milliseconds, what)`; user errors raise `ValueError`."""
+    from training.corpora import VIDEO_EXTENSIONS
+
+    name = os.path.basename(path)
+    try:
+        suffix = os.path.splitext(name)[1].lower()
+        if os.path.getsize(path) > max_bytes:
+            raise ValueError(f"{name}: larger than the upload limit of {max_bytes / 2**20:.0f} MB")
+        if suffix in IMAGE_EXTENSIONS:
+            results, milliseconds = index.timed_search(image=path, k=k)
+            return results, milliseconds, f"the image {name}"
+        if suffix in VIDEO_EXTENSIONS:
+            results, milliseconds = index.timed_search(video=path, k=k)
+            return results, milliseconds, f"the video {name}"
+        raise ValueError(f"{name}: not an image ({', '.join(IMAGE_EXTENSIONS)}) or a video "
+                         f"({', '.join(VIDEO_EXTENSIONS)})")  # fmt: skip
+    except ValueError as error:  # a decode error names Gradio's temporary path: name the file as uploaded
+        raise ValueError(str(error).replace(path, name)) from None
+    finally:
+        _delete_upload(path, temp_root)
+
+
+def _delete_upload(path: str, temp_root: str | None) -> None:
+    """Remove an uploaded file and its per-upload folder, only inside Gradio's upload folder."""
+    if not temp_root:
+        return
+    real, root = os.path.realpath(path), os.path.realpath(temp_root)
+    if os.path.commonpath([real, root]) != root or real == root:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(real)
+        if os.path.dirname(real) != root:
+            os.rmdir(os.path.dirname(real))  # only if empty
+
+
+def build_blocks(index, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+    """The page: query box, k, search button, an image/video upload, latency line, and a grid of result cards
+    with "more like this"."""
     import gradio as gr
+
+    from training.corpora import VIDEO_EXTENSIONS
 
     model = index.manifest["model"]["name"]
 
-    def show(results, milliseconds: float, what: str):
+    def show(results, milliseconds: float, what: str, query=gr.update()):
         status = f"{len(results)} results for {what} in {milliseconds:.0f} ms (query encoding + search)"
         updates = [gr.update(visible=i < len(results)) for i in range(MAX_RESULTS)]
         cards = [_card(results[i]) if i < len(results) else "" for i in range(MAX_RESULTS)]
-        return [status, [r.row for r in results], *updates, *cards]
+        return [status, [r.row for r in results], query, *updates, *cards]
+
+    def by_upload(path: str | None, k: int):
+        if not path:
+            return show([], 0.0, "no file")
+        try:
+            results, milliseconds, what = search_upload(index, path, int(k), upload.GRADIO_CACHE, max_upload_bytes)
+        except (ValueError, FileNotFoundError) as error:
+            return [f"Error: {html.escape(str(error))}", [], "", *show([], 0.0, "")[3:]]
+        return show(results, milliseconds, html.escape(what), query="")  # the text box shows what ran: nothing
 
     def by_text(query: str, k: int):
         if not query or not query.strip():
@@ -72,7 +126,8 @@ def build_blocks(index):
         def handler(rows: list[int], k: int):
             row = rows[position]
             results, milliseconds = index.timed_search(row=row, k=int(k))
-            return show(results, milliseconds, f"videos like {html.escape(index.video_ids[row])}")
+            what = f"videos like {html.escape(index.video_ids[row])} (by its stored embedding, not the text box)"
+            return show(results, milliseconds, what, query="")
 
         return handler
 
@@ -83,6 +138,9 @@ def build_blocks(index):
             query = gr.Textbox(label="Query", placeholder="a dog catches a frisbee", elem_id="query", scale=4)
             k = gr.Slider(1, MAX_RESULTS, value=min(8, MAX_RESULTS), step=1, label="k", elem_id="k", scale=1)
             button = gr.Button("Search", variant="primary", elem_id="search", scale=1)
+        upload = gr.File(label=f"…or search by an image or a video (up to {max_upload_bytes / 2**20:.0f} MB)",
+                         file_types=[*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS], type="filepath", elem_id="upload",
+                         height=110)  # fmt: skip
         status = gr.Markdown(elem_id="status")
         rows = gr.State([])
         columns, cards, likes = [], [], []
@@ -93,15 +151,16 @@ def build_blocks(index):
                         cards.append(gr.HTML(elem_id=f"result-{position}"))
                         likes.append(gr.Button("More like this", size="sm", elem_id=f"like-{position}"))
                     columns.append(column)
-        outputs = [status, rows, *columns, *cards]
+        outputs = [status, rows, query, *columns, *cards]
         button.click(by_text, [query, k], outputs)
         query.submit(by_text, [query, k], outputs)
+        upload.upload(by_upload, [upload, k], outputs).then(lambda: None, None, upload)  # the file is gone
         for position, like in enumerate(likes):
             like.click(more_like(position), [rows, k], outputs)
     return blocks
 
 
-def create_app(index):
+def create_app(index, max_upload_bytes: int = MAX_UPLOAD_BYTES):
     """A FastAPI app: the Gradio page at `/`, plus `/video/{row}` and `/poster/{row}` for indexed files only."""
     os.environ.setdefault("GRADIO_TEMP_DIR", tempfile.mkdtemp(prefix="centerclip-gradio-"))  # its cache, not /tmp/gradio
     import gradio as gr
@@ -129,7 +188,8 @@ def create_app(index):
         except Exception:  # noqa: BLE001 -- a video without a decodable frame simply has no poster
             raise HTTPException(status_code=404, detail="no poster frame") from None
 
-    return gr.mount_gradio_app(app, build_blocks(index), path="", css=CSS, allowed_paths=[])
+    return gr.mount_gradio_app(app, build_blocks(index, max_upload_bytes), path="", css=CSS, allowed_paths=[],
+                               max_file_size=max_upload_bytes)  # fmt: skip
 
 
 def serve(index, host: str = "127.0.0.1", port: int = 7860) -> None:

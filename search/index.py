@@ -4,10 +4,11 @@
     index = VideoIndex.load("my_index")
     index.search(text="a dog catches a frisbee", k=10)   # [SearchResult(rank, score, path, video_id, ...)]
     index.search(video="clip.mp4", k=10)
+    index.search(image="photo.jpg", k=10)                  # a still image, through CLIP's image tower
 
 Loading reads the manifest, the rows' metadata and the FAISS index; the model is loaded on the first query
-that needs it, and only the part it needs: the tokenizer and text tower for text, the full model for a video
-that is not in the index (an indexed video's stored embedding is used as is).
+that needs it, and only the part it needs: the tokenizer and text tower for text, the full model for an image
+or a video that is not in the index (an indexed video's stored embedding is used as is).
 """
 
 from __future__ import annotations
@@ -18,14 +19,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from training.evaluate import video_embeddings
 
-from .ann import apply_settings
-from .models import ModelSpec
+from .ann import open_index
+from .models import ModelSpec, image_embedding, load_image
 from .storage import read_manifest, read_rows
 
 
@@ -56,11 +56,10 @@ class VideoIndex:
         self.captions: list[str] = table.column("caption").to_pylist()
         self._metadata: list[str] = table.column("metadata").to_pylist()
         self._row_of = {path: row for row, path in enumerate(self.paths)}
-        self.index = faiss.read_index(str(self.path / self.manifest["index"]["file"]))
+        self.index = open_index(self.path, self.manifest["index"])  # a faiss index, or `CompressedIndex`
         if self.index.ntotal != len(self.paths):
             raise ValueError(f"{self.path}: the FAISS index holds {self.index.ntotal} vectors but the parts "
                              f"{len(self.paths)} rows; re-run `centerclip index` to rebuild it")  # fmt: skip
-        apply_settings(self.index, self.manifest["index"])
         self._model_request = (model, overrides, allow_model_mismatch)
         self._spec = self._text_encoder = self._video_model = None
 
@@ -105,11 +104,21 @@ class VideoIndex:
         row = self.row_of(video)
         if row is not None:
             return self.embedding(row)[None]
-        if self._video_model is None:
-            self._video_model = self.spec.load_video_model()
         processor = self.spec.processor
         pixel_values, video_mask = processor.load_video(video, name=os.fspath(video), do_normalize=False)
-        return video_embeddings(self._video_model, processor, pixel_values[None], video_mask[None]).numpy()
+        return video_embeddings(self.video_model, processor, pixel_values[None], video_mask[None]).numpy()
+
+    def encode_image(self, image) -> np.ndarray:
+        """An image (file path, encoded bytes or PIL image) through the model's `get_image_features`."""
+        frames = load_image(image)  # decoded first: a bad file fails before any model is loaded
+        return image_embedding(self.video_model, self.spec.processor, frames).numpy()
+
+    @property
+    def video_model(self):
+        """The full model (both towers), loaded on the first image or unindexed video query."""
+        if self._video_model is None:
+            self._video_model = self.spec.load_video_model()
+        return self._video_model
 
     def row_of(self, video: str | os.PathLike) -> int | None:
         """The row of `video` if it is an indexed file (by absolute path), else None."""
@@ -122,10 +131,11 @@ class VideoIndex:
     # ------------------------------------------------------------------------------------------------- search
 
     def search(self, text: str | None = None, video: str | os.PathLike | None = None, row: int | None = None,
-               k: int = 10) -> list[SearchResult]:  # fmt: skip
-        """The `k` best videos for one query: a `text`, an example `video` file, or an indexed `row`."""
-        if sum(q is not None for q in (text, video, row)) != 1:
-            raise ValueError("search needs exactly one of text=..., video=... or row=...")
+               k: int = 10, image=None) -> list[SearchResult]:  # fmt: skip
+        """The `k` best videos for one query: a `text`, an example `video` file, an `image` (path, bytes or PIL
+        image), or an indexed `row`."""
+        if sum(q is not None for q in (text, video, image, row)) != 1:
+            raise ValueError("search needs exactly one of text=..., video=..., image=... or row=...")
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
         with torch.inference_mode():
@@ -133,6 +143,8 @@ class VideoIndex:
                 query = self.encode_text([text])
             elif video is not None:
                 query = self.encode_video(video)
+            elif image is not None:
+                query = self.encode_image(image)
             else:
                 query = self.embedding(row)[None]
         return self.search_embeddings(query, k)[0]

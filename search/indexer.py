@@ -30,11 +30,13 @@ from training.evaluate import video_embeddings
 from training.frame_store import load_frame_store, row_model_inputs
 
 from . import __version__
-from .ann import build_index
+from .ann import FP16_ABOVE, build_index, check_kind
+from .compressed import remove_stale
 from .library import LibraryVideo, list_library
 from .models import ModelMismatchError, ModelSpec
 from .storage import (PARTS, IndexLock, list_parts, read_manifest, read_part_summary, read_rows, write_json,
                       write_part)  # fmt: skip
+from .tuning import text_like_queries
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +90,7 @@ def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:8]}"
 
 
-def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool) -> dict:
+def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, kind: str = "flat") -> dict:
     """What the run must encode: the library listing minus what finished parts of this model already cover."""
     if (output / "manifest.json").is_file() and not rebuild:
         previous = read_manifest(output)["model"]
@@ -99,6 +101,7 @@ def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebu
                 f"with the new model, or choose another --output."
             )
     videos, root = list_library(source, **corpus_options)
+    check_kind(kind, len(videos))  # before encoding anything
     covered = set()
     for part in list_parts(output):
         summary = read_part_summary(part)
@@ -181,14 +184,25 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
             write_part(compacted, videos, vectors[keep], part_skipped, spec.fingerprint, spec.config.projection_dim)
             live.append(compacted)
 
-    _, vectors = read_rows(live)
     dim = spec.config.projection_dim
-    vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
-    index, settings = build_index(vectors, kind if len(vectors) else "flat")
-    index_file = f"index-{run_id}.faiss"
-    tmp = output / f".{index_file}.tmp"
-    faiss.write_index(index, str(tmp))
-    os.replace(tmp, output / index_file)
+    if kind == "ivfpq" and live:  # on disk, in chunks: never every vector in memory
+        from .compressed import build_from_parts
+
+        settings = build_from_parts(output, spec, live)
+        count, index_file = settings["ntotal"], settings.pop("file")
+    else:
+        table, vectors = read_rows(live)
+        vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
+        count, queries = len(vectors), None
+        if count and (kind != "flat" or count > FP16_ABOVE):  # tuned on what people type, across the modality gap
+            queries, source = text_like_queries(spec, table.column("caption").to_pylist(), vectors)
+        index, settings = build_index(vectors, kind if count else "flat", queries=queries)
+        if queries is not None:
+            settings["tuning_queries_from"] = source
+        index_file = f"index-{run_id}.faiss"
+        tmp = output / f".{index_file}.tmp"
+        faiss.write_index(index, str(tmp))
+        os.replace(tmp, output / index_file)
     previous_index = None
     if (output / "manifest.json").is_file():
         previous_index = read_manifest(output).get("index", {}).get("file")
@@ -203,7 +217,7 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
         "library_root": root,
         "source": source,
         "corpus_options": corpus_options,
-        "counts": {"videos": len(vectors), "skipped": len(skipped), "listed": len(plan["videos"]),
+        "counts": {"videos": count, "skipped": len(skipped), "listed": len(plan["videos"]),
                    "encoded_this_run": encoded, "parts": len(live)},  # fmt: skip
         "skipped": [{"path": s["path"], "file_name": os.path.relpath(s["path"], root) if os.path.isdir(root)
                      else os.path.basename(s["path"]), "reason": s["reason"]} for s in sorted(skipped.values(), key=lambda s: s["path"])],  # fmt: skip
@@ -216,6 +230,7 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, source: str, c
         part.unlink(missing_ok=True)
     if previous_index and previous_index != index_file:
         (output / previous_index).unlink(missing_ok=True)
+    remove_stale(output, Path(index_file).parent.name if kind == "ivfpq" and live else None)
     return manifest
 
 
@@ -229,8 +244,7 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    if kind not in ("flat", "ivf", "hnsw"):
-        raise ValueError(f"--index must be flat, ivf or hnsw, got {kind!r}")
+    check_kind(kind, 0)
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("--chunk_size and --batch_size must be positive")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
@@ -247,7 +261,7 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
         try:
             lock.__enter__()
             (output / PARTS).mkdir(parents=True, exist_ok=True)
-            plan = _plan(output, spec, source, corpus_options, rebuild)
+            plan = _plan(output, spec, source, corpus_options, rebuild, kind)
             message = [plan]
         except Exception as error:
             message = [error]
