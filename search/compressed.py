@@ -66,15 +66,19 @@ Block = tuple[int, int, Callable[[], np.ndarray]]
 @contextlib.contextmanager
 def _quiet_stdout():
     """faiss prints file notices on the C stdout; keep it clean for `--json` output."""
+    import ctypes
     import sys
 
+    libc = ctypes.CDLL(None)
     sys.stdout.flush()
+    libc.fflush(None)
     saved = os.dup(1)
     try:
         with open(os.devnull, "w") as null:
             os.dup2(null.fileno(), 1)
         yield
     finally:
+        libc.fflush(None)  # C stdio buffers what faiss printed: out to /dev/null before fd 1 comes back
         os.dup2(saved, 1)
         os.close(saved)
 

@@ -95,7 +95,12 @@ def results(index_dir: Path, library: Path) -> list:
     return [[(r.path, round(r.score, 4)) for r in hits] for hits in found]
 
 
-def test_the_library_index_is_ivfpq_tuned_on_its_captions(one_process, library):
+def test_the_library_index_is_ivfpq_tuned_on_its_captions(one_process, library, capfd):
+    from search.cli import main
+
+    capfd.readouterr()
+    main(["search", str(one_process), QUERY, "-k", "3", "--json"])
+    assert len(json.loads(capfd.readouterr().out)) == 3  # nothing faiss prints reaches stdout
     manifest = json.loads((one_process / "manifest.json").read_text())
     settings = manifest["index"]
     assert settings["kind"] == "ivfpq" and settings["tuning_queries_from"] == "captions"
