@@ -9,18 +9,30 @@
    recall@10 >= 0.95): build time, index memory, single-query and batch-of-64 latency p50 / p99, recall@10
    against exact float32 search on queries not used for tuning.
 
-    python benchmarks/benchmark_search.py                       # full run (about 15 min on 2 cores)
+4. The compressed kind (`ivfpq`) at 1M and 10M synthetic vectors with a modality gap, each size in its own
+   process (its peak resident memory measured): the vectors are generated in blocks and never all held; text
+   queries sit across the gap; recall@10 against exact float32 search by a chunked scan; build time, disk
+   bytes per vector, latency p50 / p99. Flat and IVF run beside it, on the same text queries, up to
+   `--in_ram_max` vectors.
+
+    python benchmarks/benchmark_search.py                       # 1-3 (about 15 min on 2 cores)
+    python benchmarks/benchmark_search.py --only compressed     # 4 (about 30 min at 10M; 12 GB of disk)
     python benchmarks/benchmark_search.py --quick               # tiny shapes, seconds (used by the tests)
 
-Prints tables; writes `search.json` and `search_latency.png` to `--output_dir` (default `docs/`).
+Prints tables; writes `search.json` and `search_latency.png` (1-3), `search_compressed.json` (4) to
+`--output_dir` (default `docs/`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +48,7 @@ from benchmark_data import make_test_video  # noqa: E402
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, CenterCLIPProcessor  # noqa: E402
 from search import VideoIndex  # noqa: E402
 from search.ann import KINDS, build_index, recall_at_k, tuning_queries  # noqa: E402
+from search.compressed import CompressedIndex, build_compressed, exact_top_k  # noqa: E402
 from search.indexer import index_library  # noqa: E402
 from training.tokenizer import train_clip_tokenizer  # noqa: E402
 
@@ -161,6 +174,149 @@ def measure_ann(sizes: list[int], dim: int, single: int, hnsw_max: int) -> list[
     return rows
 
 
+GEN_BLOCK = 100_000
+
+
+class GapLibrary:
+    """Synthetic embeddings with CLIP's modality gap, generated block by block (never all in memory).
+
+    Videos: `normalize(0.7 mu_video + c_j + 0.9 n)` around `clusters` random unit centers `c_j` (n: Gaussian
+    noise of norm about 1); text queries: `normalize(0.7 mu_text + c_j + 0.9 n)`, the same clusters seen from
+    the other tower's cone (mu_video and mu_text: two random unit directions). A query's best videos score
+    about 0.4 while videos score about 0.7 with each other, as with CLIP text and video embeddings.
+    """
+
+    def __init__(self, count: int, dim: int, clusters: int = 4096, seed: int = 0):
+        self.count, self.dim, self.seed = count, dim, seed
+        rng = np.random.default_rng(seed)
+        unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+        self.centers = unit(rng.standard_normal((clusters, dim), dtype=np.float32))
+        self.mu_video, self.mu_text = unit(rng.standard_normal((2, dim), dtype=np.float32))
+
+    def _draw(self, rng, rows: int, mean: np.ndarray) -> np.ndarray:
+        block = rng.standard_normal((rows, self.dim), dtype=np.float32)
+        block *= 0.9 / np.sqrt(self.dim)
+        block += self.centers[rng.integers(0, len(self.centers), rows)]
+        block += 0.7 * mean
+        faiss.normalize_L2(block)  # in place, in blocks: bounded temporary memory
+        return block
+
+    def block(self, number: int) -> np.ndarray:
+        start = number * GEN_BLOCK
+        rows = min(GEN_BLOCK, self.count - start)
+        return self._draw(np.random.default_rng([self.seed, 1, number]), rows, self.mu_video)
+
+    def blocks(self):
+        for number, start in enumerate(range(0, self.count, GEN_BLOCK)):
+            yield start, min(start + GEN_BLOCK, self.count), lambda number=number: self.block(number)
+
+    def text_queries(self, count: int, seed: int) -> np.ndarray:
+        return self._draw(np.random.default_rng([self.seed, 2, seed]), count, self.mu_text)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def time_queries(search, queries: np.ndarray) -> dict:
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        search(query[None])
+        times.append((time.perf_counter() - start) * 1000)
+    return percentiles(times)
+
+
+def measure_compressed(count: int, dim: int, work: Path, single: int, in_ram_max: int) -> dict:
+    """One size of part 4, in this process (the parent reads its peak resident memory)."""
+    faiss.omp_set_num_threads(1)  # 7 people share 2 cores: spinning OpenMP threads made everything 4x slower
+    library = GapLibrary(count, dim)
+    tuning = library.text_queries(200, seed=0)
+    queries = library.text_queries(max(single, 300), seed=1)  # not the tuning queries
+    heap, spent = faiss.ResultHeap(len(queries), 10, keep_max=True), {"generate": 0.0, "truth": 0.0}
+
+    def blocks():  # each block generated once: written by the build and scanned for the exact ground truth
+        for start, stop, load in library.blocks():
+            def generate_and_scan(start=start, load=load):
+                t0 = time.perf_counter()
+                block = load()
+                t1 = time.perf_counter()
+                scores, rows = faiss.knn(queries, block, 10, metric=faiss.METRIC_INNER_PRODUCT)
+                heap.add_result(scores, rows + start)
+                spent["generate"] += t1 - t0
+                spent["truth"] += time.perf_counter() - t1
+                return block
+            yield start, stop, generate_and_scan
+
+    folder = work / "ivfpq-benchmark"
+    start = time.perf_counter()
+    settings = build_compressed(folder, count, dim, blocks, tuning)
+    build_s = time.perf_counter() - start - spent["generate"] - spent["truth"]  # written, trained, encoded, merged, tuned
+    heap.finalize()
+    truth, truth_s = heap.I, spent["truth"]
+    index = CompressedIndex(folder, settings)
+    found = index.search(queries, 10)[1]
+    latency = time_queries(lambda q: index.search(q, 10), queries[:single])
+    disk = sum(f.stat().st_size for f in folder.iterdir() if f.is_file())
+    row = {"kind": "ivfpq", "count": count, "build_s": build_s, "disk_bytes_per_vector": disk / count,
+           "params": {k: settings[k] for k in ("nlist", "m", "nbits", "nprobe", "rerank")},
+           "single": latency, "recall_at_10": recall_at_k(found, truth), "tuned_recall_at_10": settings["recall_at_10"],
+           "exact_ground_truth_s": truth_s}  # fmt: skip
+    rows = [row]
+    print(f"  {count:>11,} ivfpq: build {build_s:.0f} s, {row['disk_bytes_per_vector']:.0f} B/vector on disk, "
+          f"p50 {latency['p50_ms']:.2f} ms, recall@10 {row['recall_at_10']:.3f} {row['params']}", flush=True)  # fmt: skip
+    del index
+    shutil.rmtree(folder)
+    if count <= in_ram_max:  # flat and IVF-Flat as `centerclip index` builds them, on the same text queries
+        vectors = np.concatenate([load() for _, _, load in library.blocks()])
+        for kind in ("flat", "ivf"):
+            start = time.perf_counter()
+            built, settings = build_index(vectors, kind)
+            build_s = time.perf_counter() - start
+            found = built.search(queries, 10)[1]
+            rows.append({"kind": kind, "count": count, "build_s": build_s, "storage": settings["storage"],
+                         "memory_bytes_per_vector": index_bytes(built) / count,
+                         "params": {k: settings[k] for k in ("nlist", "nprobe") if k in settings},
+                         "single": time_queries(lambda q: built.search(q, 10), queries[:single]),
+                         "recall_at_10": recall_at_k(found, truth), "tuned_recall_at_10": settings["recall_at_10"]})  # fmt: skip
+            print(f"  {count:>11,} {kind}: build {build_s:.0f} s, p50 {rows[-1]['single']['p50_ms']:.2f} ms, "
+                  f"recall@10 on text queries {rows[-1]['recall_at_10']:.3f}", flush=True)  # fmt: skip
+            del built
+    return {"count": count, "rows": rows, "peak_rss_mb": peak_rss_mb(), "load_average_at_end": os.getloadavg()}
+
+
+def run_compressed(sizes: list[int], dim: int, single: int, in_ram_max: int, work_dir: str | None) -> list[dict]:
+    """Part 4: each size in a child process of its own, so its peak resident memory is its own."""
+    results = []
+    for count in sizes:
+        with tempfile.TemporaryDirectory(prefix="benchmark-ivfpq-", dir=work_dir) as work:
+            out = Path(work) / "result.json"
+            command = [sys.executable, __file__, "--_child", str(count), "--dim", str(dim), "--single_queries",
+                       str(single), "--in_ram_max", str(in_ram_max), "--output_dir", work]  # fmt: skip
+            subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+            results.append(json.loads(out.read_text()))
+        print(f"  {count:>11,} peak resident memory {results[-1]['peak_rss_mb']:.0f} MB", flush=True)
+    return results
+
+
+def project(results: list[dict]) -> dict:
+    """100M and 1B figures from the largest measured size's per-vector costs (disk and build time linear in
+    N; the IVF assignment grows with the list count, about sqrt(N), so build time is also given scaled so)."""
+    largest = max(results, key=lambda r: r["count"])
+    row = next(r for r in largest["rows"] if r["kind"] == "ivfpq")
+    per_vector_s = row["build_s"] / row["count"]
+    projections = {}
+    for target in (100_000_000, 1_000_000_000):
+        growth = math.sqrt(target / row["count"])
+        projections[f"{target:,}"] = {
+            "disk_gb": row["disk_bytes_per_vector"] * target / 1e9,
+            "list_codes_gb": target * (row["params"]["m"] * row["params"]["nbits"] / 8 + 8) / 1e9,
+            "build_hours_linear": per_vector_s * target / 3600,
+            "build_hours_sqrt_lists": per_vector_s * target * growth / 3600,
+        }
+    return {"from_count": row["count"], "per_vector_build_ms": per_vector_s * 1000, "projections": projections}
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -198,12 +354,25 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hnsw_max", type=int, default=1_000_000,
                         help="skip HNSW above this size (its build takes about 2 min per 1M vectors on 2 idle cores)")
     parser.add_argument("--output_dir", default=str(REPO / "docs"))
+    parser.add_argument("--only", choices=["kinds", "compressed"], default="kinds",
+                        help="kinds: parts 1-3 (search.json); compressed: part 4 (search_compressed.json)")
+    parser.add_argument("--compressed_sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--in_ram_max", type=int, default=1_000_000, help="run flat and IVF beside ivfpq up to this size")
+    parser.add_argument("--work_dir", help="where part 4 writes its index (default: the temporary folder)")
+    parser.add_argument("--_child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
         args.videos, args.seconds, args.repeats, args.sizes, args.dim, args.single_queries = 4, 1.0, 1, [2000], 32, 20
+        args.compressed_sizes, args.in_ram_max = [20_000], 20_000
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    if args._child:
+        result = measure_compressed(args._child, args.dim, output_dir, args.single_queries, args.in_ram_max)
+        (output_dir / "result.json").write_text(json.dumps(result))
+        return result
+    if args.only == "compressed":
+        return main_compressed(args, output_dir)
     with tempfile.TemporaryDirectory(prefix="benchmark-search-") as work:
         work = Path(work)
         print(f"writing {args.videos} test videos ({args.seconds:g} s, 320x240, 30 fps) ...", flush=True)
@@ -242,6 +411,30 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['single']['p50_ms']:.2f} / {r['single']['p99_ms']:.2f} | {r['batch64']['p50_ms']:.1f} | "
               f"{r['recall_at_10']:.3f} |")  # fmt: skip
     print(f"\nwrote {output_dir / 'search.json'} and {output_dir / 'search_latency.png'}")
+    return report
+
+
+def main_compressed(args, output_dir: Path) -> dict:
+    print(f"compressed kind on synthetic modality-gap embeddings ({args.dim}-d):", flush=True)
+    start = time.perf_counter()
+    results = run_compressed(args.compressed_sizes, args.dim, args.single_queries, args.in_ram_max, args.work_dir)
+    report = {"sizes": results, **project(results), "dim": args.dim, "wall_s": time.perf_counter() - start,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "faiss": faiss.__version__,
+                          "omp_threads": faiss.omp_get_max_threads(), "load_average_at_end": os.getloadavg()}}  # fmt: skip
+    (output_dir / "search_compressed.json").write_text(json.dumps(report, indent=2))
+    print("\n| videos | kind | params | build s | peak RSS MB | disk (ivfpq) or RAM B/vector | p50 / p99 ms | recall@10 (text queries) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for result in results:
+        for r in result["rows"]:
+            per_vector = r.get("disk_bytes_per_vector", r.get("memory_bytes_per_vector"))
+            params = ", ".join(f"{k} {v}" for k, v in r["params"].items())
+            rss = f"{result['peak_rss_mb']:.0f}" if r["kind"] == "ivfpq" else "(same process)"
+            print(f"| {r['count']:,} | {r['kind']} | {params} | {r['build_s']:.0f} | {rss} | {per_vector:.0f} | "
+                  f"{r['single']['p50_ms']:.2f} / {r['single']['p99_ms']:.2f} | {r['recall_at_10']:.3f} |")  # fmt: skip
+    for size, figures in report["projections"].items():
+        print(f"projected {size}: {figures['disk_gb']:.0f} GB on disk ({figures['list_codes_gb']:.0f} GB of lists), "
+              f"build {figures['build_hours_linear']:.1f}-{figures['build_hours_sqrt_lists']:.1f} h on this machine")  # fmt: skip
+    print(f"load average at end {report['machine']['load_average_at_end']}; wrote {output_dir / 'search_compressed.json'}")
     return report
 
 

@@ -14,6 +14,8 @@
   rebinding); bound beyond, `allowed_hosts` turns the same check on.
 - Gradio's temporary folder is this app's own and is removed when the server shuts down.
 - Offline: analytics off, Gradio's bundled frontend and local fonts, no CDN; binds to 127.0.0.1 by default.
+- Search by upload: an image or a video file (at most `max_upload_bytes`, refused by Gradio's upload route
+  above that) is decoded with the CLI's named errors, searched, and deleted from Gradio's temporary folder.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _UPLOAD_ROUTES = ("/gradio_api/upload", "/gradio_api/process_recording")
 _UPLOAD_COMPONENTS = ("File", "UploadButton", "Image", "Video", "Audio", "Model3D", "Gallery", "MultimodalTextbox",
                       "ImageEditor", "ImageSlider", "Files")  # fmt: skip
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 COLUMNS = 4
 CSS = """
 .result video { width: 100%; aspect-ratio: 4 / 3; background: #111; border-radius: 6px; }
@@ -74,17 +77,66 @@ def poster_jpeg(path: str, size: int = 320) -> bytes:
     return buffer.getvalue()
 
 
-def build_blocks(index):
-    """The page: query box, k, search button, latency line, and a grid of result cards with "more like this"."""
+def search_upload(index, path: str, k: int, temp_root: str | None, max_bytes: int = MAX_UPLOAD_BYTES):
+    """Search by an uploaded image or video file; the file is deleted afterwards (when it lies in `temp_root`,
+    Gradio's upload folder). Returns `(results, milliseconds, what)`; user errors raise `ValueError`."""
+    from training.corpora import VIDEO_EXTENSIONS
+
+    name = os.path.basename(path)
+    try:
+        suffix = os.path.splitext(name)[1].lower()
+        if os.path.getsize(path) > max_bytes:
+            raise ValueError(f"{name}: larger than the upload limit of {max_bytes / 2**20:.0f} MB")
+        if suffix in IMAGE_EXTENSIONS:
+            results, milliseconds = index.timed_search(image=path, k=k)
+            return results, milliseconds, f"the image {name}"
+        if suffix in VIDEO_EXTENSIONS:
+            results, milliseconds = index.timed_search(video=path, k=k)
+            return results, milliseconds, f"the video {name}"
+        raise ValueError(f"{name}: not an image ({', '.join(IMAGE_EXTENSIONS)}) or a video "
+                         f"({', '.join(VIDEO_EXTENSIONS)})")  # fmt: skip
+    except ValueError as error:  # a decode error names Gradio's temporary path: name the file as uploaded
+        raise ValueError(str(error).replace(path, name)) from None
+    finally:
+        _delete_upload(path, temp_root)
+
+
+def _delete_upload(path: str, temp_root: str | None) -> None:
+    """Remove an uploaded file and its per-upload folder, only inside Gradio's upload folder."""
+    if not temp_root:
+        return
+    real, root = os.path.realpath(path), os.path.realpath(temp_root)
+    if os.path.commonpath([real, root]) != root or real == root:
+        return
+    with contextlib.suppress(OSError):
+        os.unlink(real)
+        if os.path.dirname(real) != root:
+            os.rmdir(os.path.dirname(real))  # only if empty
+
+
+def build_blocks(index, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+    """The page: query box, k, search button, an image/video upload, latency line, and a grid of result cards
+    with "more like this"."""
     import gradio as gr
+
+    from training.corpora import VIDEO_EXTENSIONS
 
     model = index.manifest["model"]["name"]
 
-    def show(results, milliseconds: float, what: str):
+    def show(results, milliseconds: float, what: str, query=gr.update()):
         status = f"{len(results)} results for {what} in {milliseconds:.0f} ms (query encoding + search)"
         updates = [gr.update(visible=i < len(results)) for i in range(MAX_RESULTS)]
         cards = [_card(results[i]) if i < len(results) else "" for i in range(MAX_RESULTS)]
-        return [status, [r.row for r in results], *updates, *cards]
+        return [status, [r.row for r in results], query, *updates, *cards]
+
+    def by_upload(path: str | None, k: int):
+        if not path:
+            return show([], 0.0, "no file")
+        try:
+            results, milliseconds, what = search_upload(index, path, int(k), upload.GRADIO_CACHE, max_upload_bytes)
+        except (ValueError, FileNotFoundError) as error:
+            return [f"Error: {html.escape(str(error))}", [], "", *show([], 0.0, "")[3:]]
+        return show(results, milliseconds, html.escape(what), query="")  # the text box shows what ran: nothing
 
     def by_text(query: str, k: int):
         try:  # the same refusals as the CLI's (empty, too long, not text), shown in the status line
@@ -99,7 +151,8 @@ def build_blocks(index):
         def handler(rows: list[int], k: int):
             row = rows[position]
             results, milliseconds = index.timed_search(row=row, k=int(k))
-            return show(results, milliseconds, f"videos like {html.escape(index.video_ids[row])}")
+            what = f"videos like {html.escape(index.video_ids[row])} (by its stored embedding, not the text box)"
+            return show(results, milliseconds, what, query="")
 
         return handler
 
@@ -111,6 +164,9 @@ def build_blocks(index):
                                max_length=index.max_query_chars)  # fmt: skip
             k = gr.Slider(1, MAX_RESULTS, value=min(8, MAX_RESULTS), step=1, label="k", elem_id="k", scale=1)
             button = gr.Button("Search", variant="primary", elem_id="search", scale=1)
+        upload = gr.File(label=f"…or search by an image or a video (up to {max_upload_bytes / 2**20:.0f} MB)",
+                         file_types=[*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS], type="filepath", elem_id="upload",
+                         height=110)  # fmt: skip
         status = gr.Markdown(elem_id="status")
         rows = gr.State([])
         columns, cards, likes = [], [], []
@@ -121,9 +177,10 @@ def build_blocks(index):
                         cards.append(gr.HTML(elem_id=f"result-{position}"))
                         likes.append(gr.Button("More like this", size="sm", elem_id=f"like-{position}"))
                     columns.append(column)
-        outputs = [status, rows, *columns, *cards]
+        outputs = [status, rows, query, *columns, *cards]
         button.click(by_text, [query, k], outputs)
         query.submit(by_text, [query, k], outputs)
+        upload.upload(by_upload, [upload, k], outputs).then(lambda: None, None, upload)  # the file is gone
         for position, like in enumerate(likes):
             like.click(more_like(position), [rows, k], outputs)
     return blocks
@@ -311,7 +368,7 @@ def create_app(index, *, max_body_bytes: int = MAX_BODY_BYTES, max_upload_bytes:
             os.close(fd)
 
     try:
-        blocks = build_blocks(index)
+        blocks = build_blocks(index, max_upload_bytes)
         uploads = has_uploads(blocks)
         app = gr.mount_gradio_app(app, blocks, path="", css=CSS, allowed_paths=[],
                                   max_file_size=max_upload_bytes if uploads else 0)  # fmt: skip

@@ -70,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--model", required=True, help="a CenterCLIP folder or Hub id, or a stock CLIP checkpoint "
                        "with cluster overrides")  # fmt: skip
     index.add_argument("--output", required=True, help="the index folder (created or updated)")
-    index.add_argument("--index", choices=INDEX_KINDS, default="flat", help="exact inner product, IVF-Flat or "
-                       "HNSW; search parameters are tuned to recall@10 >= 0.95 against exact")  # fmt: skip
+    index.add_argument("--index", choices=INDEX_KINDS, default="flat", help="exact inner product, IVF-Flat, HNSW (up "
+                       "to 500k videos) or ivfpq (compressed, on disk, for libraries beyond RAM); search parameters are "
+                       "tuned to recall@10 >= 0.95 against exact, on text-like queries")  # fmt: skip
     index.add_argument("--batch_size", type=int, default=16, help="videos per encoding batch")
     index.add_argument("--num_workers", type=int, default=2, help="DataLoader processes decoding videos")
     index.add_argument("--chunk_size", type=int, default=256, help="videos per parquet part (the unit of resuming)")
@@ -86,10 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_corpus_options(index.add_argument_group("corpus options (as in training)"))
     _add_model_overrides(index)
 
-    search = command("search", "search an index by text or by an example video")
+    search = command("search", "search an index by text, an example video or an image")
     search.add_argument("index_dir", help="a folder written by centerclip index")
     search.add_argument("text", nargs="?", help="the text query")
     search.add_argument("--video", help="search by this example video instead of text")
+    search.add_argument("--image", help="search by this image (JPEG, PNG, ...) instead of text")
     search.add_argument("-k", type=int, default=10, help="results to show")
     search.add_argument("--json", action="store_true", help="print the results as a JSON list")
     _add_query_model(search)
@@ -140,7 +142,7 @@ def run_index(args) -> dict:
 
     if PartialState().is_main_process:
         counts, settings = manifest["counts"], manifest["index"]
-        tuned = {k: v for k, v in settings.items() if k in ("nlist", "nprobe", "M", "efSearch")}
+        tuned = {k: v for k, v in settings.items() if k in ("nlist", "nprobe", "M", "efSearch", "rerank")}
         print(f"{args.output}: {counts['videos']} videos indexed ({counts['encoded_this_run']} encoded in this run), "
               f"{counts['skipped']} skipped; index {settings['kind']} {tuned or ''} recall@10 "
               f"{settings['recall_at_10']:.3f}")  # fmt: skip
@@ -150,10 +152,10 @@ def run_index(args) -> dict:
 
 
 def run_search(args) -> list:
-    if (args.text is None) == (args.video is None):
-        raise ValueError("give a text query or --video PATH (one of them)")
+    if sum(q is not None for q in (args.text, args.video, args.image)) != 1:
+        raise ValueError("give a text query, --video PATH or --image PATH (one of them)")
     index = _open_index(args)
-    results = index.search(text=args.text, video=args.video, k=args.k)
+    results = index.search(text=args.text, video=args.video, image=args.image, k=args.k)
     if args.json:
         print(json.dumps([result.to_dict() for result in results], ensure_ascii=False, indent=1))
         return results

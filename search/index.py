@@ -4,10 +4,11 @@
     index = VideoIndex.load("my_index")
     index.search(text="a dog catches a frisbee", k=10)   # [SearchResult(rank, score, path, video_id, ...)]
     index.search(video="clip.mp4", k=10)
+    index.search(image="photo.jpg", k=10)                  # a still image, through CLIP's image tower
 
 Loading reads the manifest, the rows' metadata and the FAISS index; the model is loaded on the first query
-that needs it, and only the part it needs: the tokenizer and text tower for text, the full model for a video
-that is not in the index (an indexed video's stored embedding is used as is, if the file there is still the one
+that needs it, and only the part it needs: the tokenizer and text tower for text, the full model for an image
+or a video that is not in the index (an indexed video's stored embedding is used as is, if the file there is still the one
 indexed: a replaced file is encoded again).
 
 Loading never sees a half-committed index: if a file the manifest lists vanishes while it is read (a writer
@@ -24,16 +25,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
 
 from training.evaluate import video_embeddings
 
-from .ann import apply_settings
+from .ann import open_index
 from .library import file_stat
-from .models import ModelSpec
-from .storage import INDEX_FILE, MANIFEST, PART_FILE, REPAIR_HINT, CorruptIndexError, inside, read_manifest, read_rows
+from .models import ModelSpec, image_embedding, load_image
+from .storage import INDEX_PATH, MANIFEST, PART_FILE, REPAIR_HINT, CorruptIndexError, inside, read_manifest, read_rows
 
 MAX_QUERY_CHARS = 1000  # a query is cut to the model's max_length tokens anyway (77 for CLIP): far fewer
 _LOAD_TRIES = 5
@@ -97,7 +97,7 @@ class VideoIndex:
 
     def _read(self, manifest: dict) -> None:
         parts = [inside(self.path, part, PART_FILE) for part in manifest["parts"]]
-        index_file = inside(self.path, manifest["index"]["file"], INDEX_FILE)
+        index_file = inside(self.path, manifest["index"]["file"], INDEX_PATH)
         table, _ = read_rows(parts, with_embeddings=False)
         self.manifest = manifest
         self.paths: list[str] = table.column("path").to_pylist()
@@ -110,7 +110,8 @@ class VideoIndex:
             raise FileNotFoundError(f"{index_file}: the FAISS file the manifest names is missing; "
                                     + REPAIR_HINT.format(dir=self.path))  # fmt: skip
         try:
-            self.index = faiss.read_index(str(index_file))
+            # a faiss index, or `CompressedIndex` (ivfpq: its folder in the index folder)
+            self.index = open_index(self.path, manifest["index"])
         except RuntimeError as error:  # faiss reports a bad file as a RuntimeError with its C++ trace
             reason = str(error).strip().splitlines()[-1][:200] if str(error).strip() else "unreadable"
             raise CorruptIndexError(f"{index_file}: not a readable FAISS index ({reason}); "
@@ -119,7 +120,6 @@ class VideoIndex:
             raise CorruptIndexError(f"{index_file}: holds {self.index.ntotal} vectors of width {self.index.d}, but "
                                     f"the parts {len(self.paths)} rows of width {manifest['dim']}; "
                                     + REPAIR_HINT.format(dir=self.path))  # fmt: skip
-        apply_settings(self.index, manifest["index"])
 
     @classmethod
     def load(cls, path: str | os.PathLike, **kwargs) -> VideoIndex:
@@ -163,11 +163,21 @@ class VideoIndex:
         row = self.row_of(video)
         if row is not None and self.is_unchanged(row, os.stat(self.paths[row])):
             return self.embedding(row)[None]
-        if self._video_model is None:
-            self._video_model = self.spec.load_video_model()
         processor = self.spec.processor
         pixel_values, video_mask = processor.load_video(video, name=os.fspath(video), do_normalize=False)
-        return video_embeddings(self._video_model, processor, pixel_values[None], video_mask[None]).numpy()
+        return video_embeddings(self.video_model, processor, pixel_values[None], video_mask[None]).numpy()
+
+    def encode_image(self, image) -> np.ndarray:
+        """An image (file path, encoded bytes or PIL image) through the model's `get_image_features`."""
+        frames = load_image(image)  # decoded first: a bad file fails before any model is loaded
+        return image_embedding(self.video_model, self.spec.processor, frames).numpy()
+
+    @property
+    def video_model(self):
+        """The full model (both towers), loaded on the first image or unindexed video query."""
+        if self._video_model is None:
+            self._video_model = self.spec.load_video_model()
+        return self._video_model
 
     def row_of(self, video: str | os.PathLike) -> int | None:
         """The row of `video` if it is an indexed file (by absolute path), else None."""
@@ -189,10 +199,11 @@ class VideoIndex:
     # ------------------------------------------------------------------------------------------------- search
 
     def search(self, text: str | None = None, video: str | os.PathLike | None = None, row: int | None = None,
-               k: int = 10) -> list[SearchResult]:  # fmt: skip
-        """The `k` best videos for one query: a `text`, an example `video` file, or an indexed `row`."""
-        if sum(q is not None for q in (text, video, row)) != 1:
-            raise ValueError("search needs exactly one of text=..., video=... or row=...")
+               k: int = 10, image=None) -> list[SearchResult]:  # fmt: skip
+        """The `k` best videos for one query: a `text`, an example `video` file, an `image` (path, bytes or PIL
+        image), or an indexed `row`."""
+        if sum(q is not None for q in (text, video, image, row)) != 1:
+            raise ValueError("search needs exactly one of text=..., video=..., image=... or row=...")
         if k < 1:
             raise ValueError(f"k must be positive, got {k}")
         if text is not None:
@@ -204,6 +215,8 @@ class VideoIndex:
                 query = self.encode_text([text])
             elif video is not None:
                 query = self.encode_video(video)
+            elif image is not None:
+                query = self.encode_image(image)
             else:
                 query = self.embedding(row)[None]
         return self.search_embeddings(query, k)[0]

@@ -36,12 +36,14 @@ from training.evaluate import video_embeddings
 from training.frame_store import check_store_settings, load_frame_store, row_model_inputs
 
 from . import __version__
-from .ann import build_index
+from .ann import FP16_ABOVE, build_index, check_kind
+from .compressed import remove_stale
 from .library import LibraryVideo, list_library, same_state, unique_ids
 from .models import ModelMismatchError, ModelSpec
 from .storage import (MANIFEST, PARTS, REPAIR_HINT, CorruptIndexError, IndexLock, list_parts, parts_folder,
                       read_manifest, read_part_summary, read_rows, remove_leftovers, write_faiss, write_json,
                       write_part)  # fmt: skip
+from .tuning import text_like_queries
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +179,8 @@ def _read_summaries(output: Path, rebuild: bool) -> dict[Path, dict]:
     return summaries
 
 
-def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, add: bool) -> dict:
+def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebuild: bool, add: bool,
+          kind: str = "flat") -> dict:
     """What the run must encode: the libraries' listings minus what finished parts of this model already cover."""
     new = source_entry(source, corpus_options)
     # A store's frames must be the ones this model's processor samples (fps, frame size).
@@ -194,6 +197,7 @@ def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebu
         roots.append(listing.root)
     if len(sources) > 1:
         videos = unique_ids(videos, "/")
+    check_kind(kind, len(videos))  # before encoding anything
     covered: dict[str, list] = {}
     for summary in _read_summaries(output, rebuild).values():
         if summary["fingerprint"] == spec.fingerprint:
@@ -305,17 +309,28 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, encoded: int) 
             write_part(compacted, videos, vectors[keep], part_skipped, spec.fingerprint, spec.config.projection_dim)
             live.append(compacted)
 
-    table, vectors = read_rows(live)
     dim = spec.config.projection_dim
-    vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():  # only a part written before this check could hold one
-        path = table.column("path")[int(np.argmin(finite))].as_py()
-        raise NonFiniteEmbeddingError(f"{path}: its stored embedding is NaN or inf; run again with --rebuild to "
-                                      "re-encode it")  # fmt: skip
-    index, settings = build_index(vectors, kind if len(vectors) else "flat")
-    index_file = f"index-{run_id}.faiss"
-    write_faiss(output / index_file, index)
+    if kind == "ivfpq" and live:  # on disk, in chunks: never every vector in memory
+        from .compressed import build_from_parts
+
+        settings = build_from_parts(output, spec, live)
+        count, index_file = settings["ntotal"], settings.pop("file")
+    else:
+        table, vectors = read_rows(live)
+        vectors = vectors if vectors is not None else np.zeros((0, dim), np.float32)
+        finite = np.isfinite(vectors).all(axis=1)
+        if not finite.all():  # only a part written before this check could hold one
+            path = table.column("path")[int(np.argmin(finite))].as_py()
+            raise NonFiniteEmbeddingError(f"{path}: its stored embedding is NaN or inf; run again with --rebuild to "
+                                          "re-encode it")  # fmt: skip
+        count, queries = len(vectors), None
+        if count and (kind != "flat" or count > FP16_ABOVE):  # tuned on what people type, across the modality gap
+            queries, tuned_on = text_like_queries(spec, table.column("caption").to_pylist(), vectors)
+        index, settings = build_index(vectors, kind if count else "flat", queries=queries)
+        if queries is not None:
+            settings["tuning_queries_from"] = tuned_on
+        index_file = f"index-{run_id}.faiss"
+        write_faiss(output / index_file, index)
     roots = plan["roots"]
     listed_skips = {r["path"]: r for r in plan["listing_skipped"] if r["path"] not in current}
     every_skip = [_skipped_entry(s["path"], s["reason"], roots) for s in skipped.values()]
@@ -332,7 +347,7 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, encoded: int) 
         "source": first["source"],
         "corpus_options": first["corpus_options"],
         "sources": plan["sources"],
-        "counts": {"videos": len(vectors), "skipped": len(every_skip), "listed": len(plan["videos"]),
+        "counts": {"videos": count, "skipped": len(every_skip), "listed": len(plan["videos"]),
                    "encoded_this_run": encoded, "parts": len(live)},  # fmt: skip
         "skipped": sorted(every_skip, key=lambda s: s["path"]),
         "index": {**settings, "file": index_file},
@@ -343,6 +358,7 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, encoded: int) 
     for part in obsolete:  # found by listing parts/, never named by a manifest
         part.unlink(missing_ok=True)
     remove_leftovers(output, keep_index=index_file)
+    remove_stale(output, Path(index_file).parent.name if kind == "ivfpq" and live else None)
     return manifest
 
 
@@ -359,8 +375,7 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
     from accelerate import PartialState
     from accelerate.utils import broadcast_object_list, parse_flag_from_env
 
-    if kind not in ("flat", "ivf", "hnsw"):
-        raise ValueError(f"--index must be flat, ivf or hnsw, got {kind!r}")
+    check_kind(kind, 0)
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("--chunk_size and --batch_size must be positive")
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # as Accelerator() reads it
@@ -379,7 +394,7 @@ def index_library(source: str, model: str, output: str | os.PathLike, *, kind: s
         try:
             lock.__enter__()
             parts_folder(output)
-            plan = _plan(output, spec, source, corpus_options, rebuild, add)
+            plan = _plan(output, spec, source, corpus_options, rebuild, add, kind)
             message = [plan]
         except Exception as error:
             message = [error]

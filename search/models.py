@@ -179,3 +179,32 @@ class TextEncoder:
         # CLIPTextModelWithProjection.text_embeds is CLIPModel.get_text_features' projection of the EOS state.
         embeds = self.model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).text_embeds
         return F.normalize(embeds.float(), dim=-1)
+
+
+class ImageDecodeError(ValueError):
+    """An image query could not be read or decoded; the message names the file."""
+
+
+def load_image(image, name: str = "image") -> torch.Tensor:
+    """An image file path, encoded bytes or PIL image -> uint8 `[1, H, W, 3]` RGB. Errors name the file, as a
+    video's do: `FileNotFoundError` for a missing path, `ImageDecodeError` for anything not decodable."""
+    from modeling_centerclip.processing_centerclip import VideoDecodeError, decode_images
+
+    if isinstance(image, (str, os.PathLike)):
+        name = os.fspath(image)
+        if not os.path.isfile(image):
+            raise FileNotFoundError(f"image {name!r} not found")
+    try:
+        return torch.from_numpy(decode_images([image], name=name))
+    except VideoDecodeError as error:
+        raise ImageDecodeError(f"Cannot read image {name}: {error.reason}") from None
+
+
+@torch.inference_mode()
+def image_embedding(model: CenterCLIPModel, processor: CenterCLIPProcessor, frames: torch.Tensor) -> torch.Tensor:
+    """uint8 `[N, H, W, 3]` images -> L2-normalised embeddings `[N, dim]` float32 on the CPU, through CLIP's own
+    `get_image_features` (a still image is what CLIP was trained on), preprocessed as video frames are."""
+    device = next(model.parameters()).device
+    pixel_values = processor.preprocess_frames(frames, do_normalize=False)
+    features = model.get_image_features(pixel_values=processor.normalize(pixel_values.to(device)))
+    return F.normalize(features.pooler_output.float(), dim=-1).cpu()

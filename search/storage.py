@@ -44,6 +44,8 @@ SKIPPED_KEY = b"centerclip.skipped"
 ROW_COLUMNS = ("path", "video_id", "size", "mtime_ns", "caption", "metadata", "file_stat")
 # A run's index files: `index-<run>.faiss`, and any companion `index-<run>.<ext>` an index kind writes beside it.
 INDEX_FILE = re.compile(r"index-[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)+")
+# What a manifest's `index.file` may name: a run's FAISS file, or the compressed kind's folder (search/compressed.py).
+INDEX_PATH = re.compile(INDEX_FILE.pattern + r"|ivfpq-[0-9a-f]+/index\.faiss")
 PART_FILE = re.compile(r"parts/[A-Za-z0-9_-]+\.parquet")
 REPAIR_HINT = "run `centerclip index SOURCE --model MODEL --output {dir} --rebuild` to repair it (good parts are kept)"
 
@@ -133,7 +135,7 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
                       ("index", "kind"): str}.items():  # fmt: skip
         if not isinstance(manifest[key[0]].get(key[1]), kind):
             raise CorruptIndexError(f"{path}: field {'.'.join(key)!r} is missing or not a {kind.__name__}; {hint}")
-    inside(Path(index_dir), manifest["index"]["file"], INDEX_FILE)  # raise if it names anything but our files
+    inside(Path(index_dir), manifest["index"]["file"], INDEX_PATH)  # raise if it names anything but our files
     for part in manifest["parts"]:
         inside(Path(index_dir), part, PART_FILE)
     return manifest

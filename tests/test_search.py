@@ -25,6 +25,7 @@ from tiny_models import tiny_centerclip_config
 REPO = Path(__file__).resolve().parents[1]
 NUM_CLIPS = 8
 QUERY = "a red 3 moves left"
+UPLOAD_CAP = 2 * 2**20
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -196,7 +197,7 @@ def test_video_search_cli_and_console_script(built, library, capsys):
     assert entry_points(group="console_scripts")["centerclip"].value == "search.cli:main"
     with pytest.raises(SystemExit) as exit_info:
         run_cli(capsys, "search", built, "-k", 3)  # neither a text nor --video
-    assert exit_info.value.code == 2 and "text query or --video" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "text query, --video PATH or --image" in capsys.readouterr().err
 
 
 def test_search_command_prints_results_and_no_third_party_noise(built, library, tmp_path):
@@ -419,7 +420,7 @@ def server(built):
     from search.app import create_app
 
     index = VideoIndex.load(built)
-    with running(create_app(index)) as port:
+    with running(create_app(index, max_upload_bytes=UPLOAD_CAP)) as port:
         yield index, f"http://127.0.0.1:{port}"
 
 
@@ -506,5 +507,154 @@ def test_web_page_in_headless_chromium(server, tmp_path):
         page.wait_for_function(f"() => document.querySelector('#result-0 .result')?.dataset.row === '{third.row}'",
                                timeout=30_000)  # fmt: skip
         assert "score 1.000" in page.locator("#result-0 .score").inner_text()
+        # the text box no longer shows a query that did not run; the status says what did
+        assert page.locator("#query textarea, #query input").first.input_value() == ""
+        assert f"videos like {third.video_id}" in page.locator("#status").inner_text()
+        assert "stored embedding" in page.locator("#status").inner_text()
         browser.close()
     assert not external, external
+
+
+# --------------------------------------------------------------------------------- search by image or video
+
+
+@pytest.fixture(scope="module")
+def still(library, tmp_path_factory) -> Path:
+    """A PNG of the middle frame of `clip 3.mp4`."""
+    import decord
+    from PIL import Image
+
+    reader = decord.VideoReader(str(library / "clip 3.mp4"))
+    path = tmp_path_factory.mktemp("images") / "a frame.png"
+    Image.fromarray(reader[len(reader) // 2].asnumpy()).save(path)
+    return path
+
+
+def test_image_query_python_and_cli_through_get_image_features(built, model_dir, still, tmp_path, capsys):
+    from PIL import Image
+
+    from modeling_centerclip import CenterCLIPModel, CenterCLIPProcessor
+    from search import VideoIndex
+
+    index = VideoIndex.load(built)
+    results = index.search(image=still, k=NUM_CLIPS)
+    # independently: the processor's own video path on a one-frame video, CLIP's image tower, normalised
+    model = CenterCLIPModel.from_pretrained(model_dir).eval()
+    processor = CenterCLIPProcessor.from_pretrained(model_dir)
+    frame = np.asarray(Image.open(still).convert("RGB"))[None]
+    with torch.inference_mode():
+        pixels = processor(videos=[frame], return_tensors="pt")["pixel_values"][0, :1]
+        query = torch.nn.functional.normalize(model.get_image_features(pixel_values=pixels).pooler_output, dim=-1)[0]
+    rows = stored_rows(built)
+    expected = sorted(rows, key=lambda p: -float(rows[p] @ query.numpy()))
+    assert [r.path for r in results] == expected
+    np.testing.assert_allclose([r.score for r in results], [rows[p] @ query.numpy() for p in expected], atol=1e-5)
+    assert index.search(image=Image.open(still), k=3)[0].path == expected[0]  # a PIL image works too
+
+    listed = json.loads(run_cli(capsys, "search", built, "--image", still, "-k", 3, "--json"))
+    assert [r["path"] for r in listed] == expected[:3]
+
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    for path, reason in ((broken, "not a decodable image"), (tmp_path / "missing.jpg", "not found")):
+        with pytest.raises(SystemExit) as exit_info:
+            run_cli(capsys, "search", built, "--image", path)
+        error = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(error.splitlines()) == 1 and str(path) in error and reason in error
+    with pytest.raises(SystemExit):
+        run_cli(capsys, "search", built, QUERY, "--image", still)  # two queries at once
+    assert "one of them" in capsys.readouterr().err
+
+
+def test_an_upload_is_decoded_searched_and_deleted(built, library, still, tmp_path):
+    from search import VideoIndex
+    from search.app import search_upload
+
+    index = VideoIndex.load(built)
+    uploads = tmp_path / "gradio"
+    for source, what in ((still, "the image a frame.png"), (library / "clip 5.mp4", "the video clip 5.mp4")):
+        path = uploads / "0123abcd" / source.name
+        path.parent.mkdir(parents=True)
+        shutil.copy(source, path)
+        results, _, described = search_upload(index, str(path), 3, str(uploads))
+        assert described == what and len(results) == 3
+        assert not path.exists() and not path.parent.exists()  # deleted with its upload folder
+    assert results[0].path == str(library / "clip 5.mp4") and results[0].score == pytest.approx(1.0, abs=1e-4)
+
+    outside = tmp_path / "not an upload.png"  # only files inside the upload folder are ever deleted
+    shutil.copy(still, outside)
+    search_upload(index, str(outside), 3, str(uploads))
+    assert outside.exists()
+    for name, content, reason in (("big.png", b"0" * 2048, "larger than the upload limit"),
+                                  ("notes.txt", b"hello", "not an image"),
+                                  ("bad.mp4", b"\x00\x00\x00\x18ftypmp42 garbage", "Cannot read video bad.mp4")):  # fmt: skip
+        path = uploads / "ffff" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=reason) as error:
+            search_upload(index, str(path), 3, str(uploads), max_bytes=1024)
+        assert str(uploads) not in str(error.value) and not path.exists()
+
+
+def _chromium(playwright):
+    return playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox", "--no-first-run",
+                                      "--disable-background-networking", "--disable-component-update"])  # fmt: skip
+
+
+@pytest.mark.timeout(240)
+def test_page_searches_by_an_uploaded_image_or_video_and_deletes_it(server, library, still, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    index, url = server
+    expected = index.search(image=still, k=8)
+    uploads = Path(os.environ["GRADIO_TEMP_DIR"])
+    clip = tmp_path / "my clip.mp4"  # not an indexed path: encoded by the video tower
+    shutil.copy(library / "clip 4.mp4", clip)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with sync_playwright() as playwright:
+        browser = _chromium(playwright)
+        page = browser.new_page(viewport={"width": 1200, "height": 900})
+        page.goto(url, wait_until="load")
+        page.wait_for_selector("#upload input[type=file]", state="attached", timeout=60_000)
+        box = page.locator("#query textarea, #query input").first
+        box.fill("a query that is not run")
+
+        def upload(path: Path, wait_for: str) -> str:
+            page.locator("#upload input[type=file]").set_input_files(str(path))
+            page.wait_for_function(f"() => document.querySelector('#status')?.innerText.includes({json.dumps(wait_for)})",
+                                   timeout=60_000)  # fmt: skip
+            return page.locator("#status").inner_text()
+
+        status = upload(still, "the image a frame.png")
+        assert box.input_value() == ""  # cleared: the page shows what it searched by
+        shown = page.eval_on_selector_all(".result", "cards => cards.map(c => c.dataset.row)")
+        assert shown == [str(r.row) for r in expected]
+        assert f"{len(expected)} results" in status
+
+        status = upload(clip, "the video my clip.mp4")
+        page.wait_for_function("() => document.querySelector('#result-0 .result')?.dataset.row === "
+                               f"'{index.row_of(library / 'clip 4.mp4')}'", timeout=30_000)  # fmt: skip
+        assert "score 1.000" in page.locator("#result-0 .score").inner_text()
+
+        status = upload(broken, "Error")
+        assert "broken.png" in status and "not a decodable image" in status and str(uploads) not in status
+        browser.close()
+    left = [p for p in uploads.rglob("*") if p.is_file() and p.suffix in (".png", ".mp4")]
+    assert not left, left  # every uploaded file was deleted after its query
+
+
+def test_an_oversized_upload_is_refused(server):
+    import urllib.error
+    import urllib.request
+
+    _, url = server
+    body = b"--x\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n" \
+           b"Content-Type: image/png\r\n\r\n" + b"0" * (UPLOAD_CAP + 1024) + b"\r\n--x--\r\n"  # fmt: skip
+    request = urllib.request.Request(url + "/gradio_api/upload", data=body,
+                                     headers={"Content-Type": "multipart/form-data; boundary=x"})  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request, timeout=30)
+    assert error.value.code in (400, 413)
+    uploads = Path(os.environ["GRADIO_TEMP_DIR"])
+    assert not [p for p in uploads.rglob("big.png")]

@@ -18,7 +18,7 @@ from training.cli_errors import add_debug_flag
 CLUSTER_ALGOS = ("kmedoids", "spectral", "tome", "uniform", "temporal", "none")
 CLUSTER_DISTANCES = ("euclidean", "cosine")
 CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
-INDEX_KINDS = ("flat", "ivf", "hnsw")
+INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
 MIRRORED = {
     "CLUSTER_ALGOS": "modeling_centerclip.configuration_centerclip.CLUSTER_ALGOS",
     "CLUSTER_DISTANCES": "modeling_centerclip.configuration_centerclip.CLUSTER_DISTANCES",
