@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 NUM_CLIPS = 8
 QUERY = "a red 3 moves left"
 UPLOAD_CAP = 2 * 2**20
+SERVER_TEMP_DIRS: list[str] = []
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
@@ -420,7 +421,9 @@ def server(built):
     from search.app import create_app
 
     index = VideoIndex.load(built)
-    with running(create_app(index, max_upload_bytes=UPLOAD_CAP)) as port:
+    app = create_app(index, max_upload_bytes=UPLOAD_CAP)
+    SERVER_TEMP_DIRS.append(app.state.temp_dir)  # the app's own Gradio upload folder (removed at shutdown)
+    with running(app) as port:
         yield index, f"http://127.0.0.1:{port}"
 
 
@@ -607,7 +610,7 @@ def test_page_searches_by_an_uploaded_image_or_video_and_deletes_it(server, libr
 
     index, url = server
     expected = index.search(image=still, k=8)
-    uploads = Path(os.environ["GRADIO_TEMP_DIR"])
+    uploads = Path(SERVER_TEMP_DIRS[-1])
     clip = tmp_path / "my clip.mp4"  # not an indexed path: encoded by the video tower
     shutil.copy(library / "clip 4.mp4", clip)
     broken = tmp_path / "broken.png"
@@ -656,5 +659,5 @@ def test_an_oversized_upload_is_refused(server):
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(request, timeout=30)
     assert error.value.code in (400, 413)
-    uploads = Path(os.environ["GRADIO_TEMP_DIR"])
+    uploads = Path(SERVER_TEMP_DIRS[-1])
     assert not [p for p in uploads.rglob("big.png")]

@@ -445,7 +445,7 @@ def served(clips, model_dir, tmp_path_factory):
     (outside / "shadow").write_bytes(SECRET * 64)
     index_library(str(lib), str(model_dir), root / "idx", batch_size=2, num_workers=0, show_progress=False)
     index = VideoIndex.load(root / "idx")
-    app = create_app(index, allowed_hosts=list(LOCAL_HOSTS))
+    app = create_app(index, allowed_hosts=list(LOCAL_HOSTS), max_upload_bytes=1 << 20)
     with running(app) as port:
         yield {"index": index, "port": port, "lib": lib, "outside": outside, "app": app, "clips": clips}
     assert not os.path.exists(app.state.temp_dir), "Gradio's temporary folder outlived the server"
@@ -577,8 +577,7 @@ SERVER_ROWS = [
     ServerRow("an oversized chunked body (no Content-Length) -> 413",
               lambda s: request(s["port"], "POST", "/gradio_api/call/by_text", b"{" + b" " * (2 << 20) + b"}",
                                 {"Content-Type": "application/json"}, chunked=True), 413),
-    ServerRow("an upload to a page without upload controls -> 403, nothing stored", lambda s: _upload(s, 5 << 20), 403),
-    ServerRow("a tiny upload is refused as well", lambda s: _upload(s, 10), 403),
+    ServerRow("an upload over the cap (1 MiB here) -> 413, nothing stored", lambda s: _upload(s, 5 << 20), 413),
     ServerRow("a foreign Origin gets no CORS headers nor credentials",
               lambda s: request(s["port"], "GET", "/config", headers=FOREIGN), 200, _no_cors),
     ServerRow("a foreign Origin's preflight gets no CORS headers",
@@ -602,26 +601,26 @@ def test_server_case(row: ServerRow, served):
     row.check(headers, body)
 
 
-def test_uploads_are_taken_within_the_cap_when_the_page_has_an_upload_control(served, monkeypatch):
-    """The upload policy for pages with an upload component (the search-by-upload page): within the cap, not over."""
-    import gradio as gr
-
+def test_uploads_are_refused_when_the_page_has_no_upload_control(served, monkeypatch):
+    """The upload policy for pages without an upload component: every upload is refused (403), even a tiny one,
+    and nothing is stored; the search page itself takes uploads within its cap (the rows above)."""
     from search import app as app_module
 
     original = app_module.build_blocks
 
-    def with_upload(index):
-        blocks = original(index)
-        with blocks:
-            gr.File(label="example")
+    def without_upload(index, max_upload_bytes):
+        blocks = original(index, max_upload_bytes)
+        for key, block in list(blocks.blocks.items()):
+            if type(block).__name__ == "File":
+                block.interactive = False  # shown, but no longer an upload control
         return blocks
 
-    monkeypatch.setattr(app_module, "build_blocks", with_upload)
+    monkeypatch.setattr(app_module, "build_blocks", without_upload)
     app = app_module.create_app(served["index"], max_upload_bytes=1 << 20)
     with running(app) as port:
-        status, _, body = upload(port, 1000)
-        assert status == 200 and json.loads(body)[0].startswith(app.state.temp_dir), body
-        assert upload(port, 2 << 20)[0] == 413  # over the cap
+        assert upload(port, 10)[0] == 403
+        assert upload(port, 5 << 20)[0] in (403, 413)
+        assert not [p for p in Path(app.state.temp_dir).rglob("*") if p.is_file()]
     assert not os.path.exists(app.state.temp_dir)
 
 
