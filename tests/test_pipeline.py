@@ -11,7 +11,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import coded_frames, write_video
 from tiny_models import tiny_centerclip_config
 from transformers import pipeline
