@@ -109,15 +109,15 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv=None) -> None:
+    """`python -m training.export_onnx` (the same as `python -m training.publish export-onnx`)."""
     parser = argparse.ArgumentParser(prog="python -m training.export_onnx", description=__doc__.split("\n")[0])
     add_export_onnx_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run(args)
-    except (ValueError, FileNotFoundError) as error:
-        parser.exit(2, f"error: {error}\n")
+    run(args)
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("python -m training.export_onnx", main)

@@ -444,12 +444,9 @@ def main(argv=None) -> None:
 
         if args.merge and not (is_adapter_folder(folder) and args.output_dir):
             parser.error(f"--merge needs an adapter folder (adapter_config.json in {folder}) and --output_dir")
-        if is_adapter_folder(folder):
-            try:
-                folder = prepare_adapter_push(folder, args.hub_model_id, args.output_dir if args.merge else None,
-                                              _results_file(args.results))  # fmt: skip
-            except (ValueError, FileNotFoundError) as error:
-                parser.error(str(error))
+        if is_adapter_folder(folder):  # a bad --results or adapter raises ValueError: one line from run_cli
+            folder = prepare_adapter_push(folder, args.hub_model_id, args.output_dir if args.merge else None,
+                                          _results_file(args.results))  # fmt: skip
         push_folder(folder, args.hub_model_id, private=args.private, token=args.token)
 
 
