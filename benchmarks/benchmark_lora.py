@@ -9,13 +9,16 @@ LoRA on random weights is meaningless, and the demo trains from scratch, so the 
    from scratch on a demo corpus without time-reversed twins (`pair_fraction` 0, corpus seed 100).
 2. **Fine-tuning** on a differently seeded, *shifted* demo corpus: 60 % of its clips come as time-reversed twins
    (same frames, reversed order, caption with swapped direction and event), which the base never had to tell
-   apart. Full fine-tuning and LoRA (rank 8 on q/k/v/out projections of both towers) start from the same base,
-   get the same steps (40 of 32 clips), batch and schedule, and each its usual learning rate (full: 1e-4, LoRA: 1e-3); one run
-   per seed. The base itself, not fine-tuned, is the reference row.
+   apart. Full fine-tuning and LoRA (rank 8 on the q/k/v/out projections of the text tower and of the vision
+   layers from the cluster layer on, the default; `LoRA all layers`: of every vision layer too) start from the
+   same base, get the same steps (40 of 32 clips), batch and schedule, and each its usual learning rate (full:
+   1e-4, LoRA: 1e-3); one run per seed. The base itself, not fine-tuned, is the reference row.
 
-Per run: trainable parameters, AdamW state bytes (from the optimizer), training memory (rise of the training
-process's peak RSS over its RSS before the first step, as `training/demo.py` measures it), time per optimizer
-step, t2v/v2t R@1 on the shifted corpus's test split. Means +- sample std over seeds. Prints the table, the two
+Per run: trainable parameters, AdamW state bytes (from the optimizer), time per optimizer step, t2v/v2t R@1 on
+the shifted corpus's test split; means +- sample std over seeds. Per method, once (it depends on shapes only):
+training memory, the peak of live tensors in one training step at the demo's shapes (both towers, the training
+loss, AdamW) over those alive before it, from the profiler (`tensor_memory.py`; peak RSS measures the allocator's
+fragmentation as much). Prints the table, the two
 targets (LoRA memory <= 0.6x full; LoRA R@1 within one std of full) with met / not met, and writes JSON to
 `docs/lora_benchmark_cpu.json` (`--output_json`).
 """
@@ -33,6 +36,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from tensor_memory import peak_tensor_memory  # noqa: E402
 from training.demo import mean_and_std, prepare_tokenizer, train_in_subprocess  # noqa: E402
 
 DEMO_CONFIG = REPO / "training" / "configs" / "demo_centerclip.yaml"
@@ -47,7 +53,8 @@ QUICK = dict(base_corpus=dict(num_train=32, num_test=8, seed=100, num_frames=8, 
                                          max_position_embeddings=24),
                         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                            num_attention_heads=2, image_size=32, patch_size=8)))  # fmt: skip
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "lora_all")
+METHOD_NAMES = {"full": "full fine-tuning", "lora": "LoRA r={r}", "lora_all": "LoRA r={r}, all vision layers"}
 
 
 def write_config(path: Path, **settings) -> Path:
@@ -68,9 +75,42 @@ def evaluate_folder(folder: Path, split) -> dict:
     return {direction: results[direction] for direction in ("t2v", "v2t")}
 
 
+def step_memory(base_folder: Path, method: str, batch: int, max_words: int, lora_r: int) -> dict:
+    """Live-tensor peak of one training step (the training loss over both towers, AdamW) at the demo's shapes."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modeling_centerclip import CenterCLIPModel
+    from training.losses import batch_loss
+    from training.lora import add_lora
+
+    torch.manual_seed(0)
+    model = CenterCLIPModel.from_pretrained(base_folder)
+    if method != "full":
+        settings = SimpleNamespace(model_name_or_path=str(base_folder), lora_adapter=None, lora_r=lora_r, lora_alpha=None,
+                                   lora_dropout=None, lora_target_modules=None,
+                                   lora_vision_layers="all" if method == "lora_all" else None)  # fmt: skip
+        model = add_lora(model, settings)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
+    config, generator = model.config, torch.Generator().manual_seed(0)
+    size = config.vision_config.image_size
+    input_ids = torch.randint(2, config.text_config.vocab_size, (batch, max_words), generator=generator)
+    batch_inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                    "pixel_values": torch.randn(batch, config.num_frames, 3, size, size, generator=generator)}  # fmt: skip
+
+    def step():
+        batch_loss(model, batch_inputs).backward()
+        optimizer.step()
+
+    memory = peak_tensor_memory(step)
+    return {"training_memory_mb": memory["peak_bytes"] / 2**20, "activation_mb_at_peak": memory["at_peak"]["activation"] / 2**20}
+
+
 def summarise(runs: list[dict]) -> dict:
     entry = {"runs": runs}
-    keys = ("t2v_R@1", "v2t_R@1", "training_memory_mb", "step_time_s", "trainable_parameters", "optimizer_state_bytes")
+    keys = ("t2v_R@1", "v2t_R@1", "step_time_s", "trainable_parameters", "optimizer_state_bytes")
     for key in keys:
         entry[key], entry[f"{key}_std"] = mean_and_std([run[key] for run in runs])
     return entry
@@ -81,9 +121,9 @@ def format_table(base: dict, methods: dict) -> str:
     rows = [["base (not fine-tuned)", "-", "-", "-", "-", f"{base['t2v']['R@1']:.1f}", f"{base['v2t']['R@1']:.1f}"]]
     for name, entry in methods.items():
         rows.append([
-            "full fine-tuning" if name == "full" else f"LoRA r={entry['lora_r']}",
+            METHOD_NAMES[name].format(r=entry["lora_r"]),
             f"{entry['trainable_parameters']:,.0f}", f"{entry['optimizer_state_bytes'] / 2**20:.2f} MiB",
-            f"{entry['training_memory_mb']:.0f} ± {entry['training_memory_mb_std']:.0f} MiB",
+            f"{entry['training_memory_mb']:.0f} MiB",
             f"{entry['step_time_s']:.2f} ± {entry['step_time_s_std']:.2f} s",
             f"{entry['t2v_R@1']:.1f} ± {entry['t2v_R@1_std']:.1f}", f"{entry['v2t_R@1']:.1f} ± {entry['v2t_R@1_std']:.1f}",
         ])  # fmt: skip
@@ -92,10 +132,9 @@ def format_table(base: dict, methods: dict) -> str:
 
 
 def targets(full: dict, lora: dict) -> dict:
-    # None: too small to measure (a --quick run's training never lifts the process's peak above loading's)
-    memory_ratio = lora["training_memory_mb"] / full["training_memory_mb"] if full["training_memory_mb"] > 0 else None
+    memory_ratio = lora["training_memory_mb"] / full["training_memory_mb"]
     within = {d: abs(lora[f"{d}_R@1"] - full[f"{d}_R@1"]) <= full[f"{d}_R@1_std"] for d in ("t2v", "v2t")}
-    return {"memory_ratio": memory_ratio, "memory_target_met": memory_ratio is not None and memory_ratio <= 0.6,
+    return {"memory_ratio": memory_ratio, "memory_target_met": memory_ratio <= 0.6,
             "optimizer_state_ratio": lora["optimizer_state_bytes"] / full["optimizer_state_bytes"],
             "trainable_ratio": lora["trainable_parameters"] / full["trainable_parameters"],
             **{f"{d}_R@1_within_one_std": ok for d, ok in within.items()}}  # fmt: skip
@@ -143,6 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
         # LoRA weights are weights stock CLIP lacks: they train at new_learning_rate.
         "lora": write_config(output / "lora.yaml", **finetune, new_learning_rate=settings["lora_learning_rate"],
                              peft={"r": settings["lora_r"]}),
+        "lora_all": write_config(output / "lora_all.yaml", **finetune, new_learning_rate=settings["lora_learning_rate"],
+                                 peft={"r": settings["lora_r"], "vision_layers": "all"}),
     }  # fmt: skip
     runs = {name: [] for name in METHODS}
     for seed in args.seeds:
@@ -154,34 +195,37 @@ def main(argv: list[str] | None = None) -> dict:
                 "seed": seed, "folder": str(run_dir / "final"), "steps": summary["steps"],
                 "trainable_parameters": summary["trainable_parameters"],
                 "optimizer_state_bytes": summary["optimizer_state_bytes"],
-                "training_memory_mb": summary["peak_rss_mb"] - summary["peak_rss_mb_before_training"],
-                "peak_rss_mb": summary["peak_rss_mb"], "step_time_s": summary["train_time_s"] / summary["steps"],
+                "step_time_s": summary["train_time_s"] / summary["steps"],
                 "t2v_R@1": results["t2v"]["R@1"], "v2t_R@1": results["v2t"]["R@1"], "t2v": results["t2v"],
                 "v2t": results["v2t"],
             })  # fmt: skip
-            print(f"{name} seed {seed}: t2v R@1 {results['t2v']['R@1']:.1f}, v2t R@1 {results['v2t']['R@1']:.1f}, "
-                  f"training memory {runs[name][-1]['training_memory_mb']:.0f} MiB", flush=True)  # fmt: skip
-    methods = {name: dict(summarise(runs[name]), lora_r=settings["lora_r"] if name == "lora" else None) for name in METHODS}
+            print(f"{name} seed {seed}: t2v R@1 {results['t2v']['R@1']:.1f}, v2t R@1 {results['v2t']['R@1']:.1f}",
+                  flush=True)  # fmt: skip
+    methods = {name: dict(summarise(runs[name]), lora_r=settings["lora_r"] if name != "full" else None,
+                          **step_memory(base_dir / "final", name, demo["per_device_train_batch_size"], demo["max_words"],
+                                        settings["lora_r"]))
+               for name in METHODS}  # fmt: skip
 
-    verdict = targets(methods["full"], methods["lora"])
+    verdict = {name: targets(methods["full"], methods[name]) for name in METHODS[1:]}
     report = {
         "protocol": __doc__.split("\n\n")[2:4], "base_corpus": base_corpus_settings, "shifted_corpus": shifted_settings,
         "settings": settings, "seeds": args.seeds, "quick": args.quick, "base": base_results, "methods": methods,
         "targets": verdict, "wall_time_s": time.perf_counter() - start,
         "notes": "R@1 in percent on the shifted corpus's test split (ties count against the model); training "
-                 "memory = rise of the training process's peak RSS over its RSS before the first step; step time "
-                 "= training time / optimizer steps; means +- sample std over seeds.",
+                 "memory = peak of live tensors in one training step at the demo's shapes over those before it "
+                 "(profiler); step time = training time / optimizer steps; means +- sample std over seeds.",
     }  # fmt: skip
     table = format_table(base_results, methods)
     print()
     print(f"Demo corpora: base pre-trained {settings['base_steps']} steps; fine-tuning {settings['finetune_steps']} "
           f"steps on the shifted corpus ({shifted_settings['num_test']} test clips), seeds {args.seeds}")  # fmt: skip
     print(table)
-    ratio = "unmeasurable" if verdict["memory_ratio"] is None else f"{verdict['memory_ratio']:.2f}x"
-    print(f"\nLoRA / full: training memory {ratio} (target <= 0.6x: "
-          f"{'met' if verdict['memory_target_met'] else 'NOT met'}), AdamW state {verdict['optimizer_state_ratio']:.3f}x, "
-          f"trainable parameters {verdict['trainable_ratio']:.3f}x; R@1 within one std of full: t2v "
-          f"{'yes' if verdict['t2v_R@1_within_one_std'] else 'NO'}, v2t {'yes' if verdict['v2t_R@1_within_one_std'] else 'NO'}")  # fmt: skip
+    for name, check in verdict.items():
+        print(f"\n{METHOD_NAMES[name].format(r=settings['lora_r'])} / full: training memory {check['memory_ratio']:.2f}x "
+              f"(target <= 0.6x: {'met' if check['memory_target_met'] else 'NOT met'}), AdamW state "
+              f"{check['optimizer_state_ratio']:.3f}x, trainable parameters {check['trainable_ratio']:.3f}x; R@1 within "
+              f"one std of full: t2v {'yes' if check['t2v_R@1_within_one_std'] else 'NO'}, v2t "
+              f"{'yes' if check['v2t_R@1_within_one_std'] else 'NO'}")  # fmt: skip
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
     args.output_json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output_json}; total {report['wall_time_s'] / 60:.1f} min")

@@ -18,8 +18,11 @@ For every case (a hub configuration, plus a sweep of centers for ViT-B/32) it me
   CPU too) and, on CUDA, the kernels it launches (`torch.profiler`).
 
 With `--lora R` it measures instead, per training case, a full CenterCLIP training step with AdamW against the
-same step of a LoRA adapter of rank R (`training.lora`: q/k/v/out projections of both towers, the base frozen):
+same step of LoRA adapters of rank R (`training.lora`: q/k/v/out projections, the base frozen), on the vision
+layers from the cluster layer on (the default) and on all of them:
 trainable parameters, AdamW state, step time and peak memory (random weights: the shapes are what matters).
+Training memory is the peak of live tensors during the first step (AdamW state included) over those before it:
+`torch.cuda.max_memory_allocated` on a GPU, the profiler's allocation timeline on the CPU (`tensor_memory.py`).
 
 CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa, inference at 1, 8 and 32 videos
 (`--batch_grid`, `--batch`) and training steps of 128 videos, and also times the tower with the torch clustering
@@ -41,7 +44,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -62,6 +64,7 @@ from transformers import CLIPConfig, CLIPModel
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, clustering
 from modeling_centerclip import modeling_centerclip as modeling
 from modeling_centerclip.modeling_centerclip import cluster_segments
+from tensor_memory import peak_tensor_memory
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 FULL_CASES = [
@@ -312,7 +315,8 @@ def training_step(case: dict) -> dict:
         from training.lora import add_lora
 
         lora = SimpleNamespace(model_name_or_path=case["hub_config"], lora_adapter=None, lora_r=case["lora_r"],
-                               lora_alpha=None, lora_dropout=0.0, lora_target_modules=None)  # fmt: skip
+                               lora_alpha=None, lora_dropout=0.0, lora_target_modules=None,
+                               lora_vision_layers=case.get("lora_vision_layers"))  # fmt: skip
         model = add_lora(model, lora)
     model.train()
     # With "adamw": an AdamW step too, its state allocated in the first (measured) step.
@@ -331,25 +335,22 @@ def training_step(case: dict) -> dict:
             optimizer.step()
         model.zero_grad(set_to_none=True)
 
+    # The first step is measured for memory (it allocates the optimizer state), the others for time.
+    at_peak = {}
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated()
         seconds = [timed(step, device)]
         peak = torch.cuda.max_memory_allocated() - before
-    else:
-        before = _rss_bytes()
-        seconds = [timed(step, device)]
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
-    seconds += [timed(step, device) for _ in range(case["train_steps"] - 1)]
+    else:  # live tensors from the profiler: peak RSS measures the allocator's fragmentation as much (tensor_memory.py)
+        memory = peak_tensor_memory(step)
+        peak, at_peak, seconds = memory["peak_bytes"], memory["at_peak"], []
+    seconds += [timed(step, device) for _ in range(max(case["train_steps"] - 1, 1 - len(seconds)))]
     state_bytes = sum(t.nbytes for state in optimizer.state.values() for t in state.values()) if optimizer else 0
     return {"train_step_s": statistics.median(seconds[1:] or seconds), "train_peak_bytes": peak,
+            "activation_bytes_at_peak": at_peak.get("activation"),
             "trainable_parameters": sum(p.numel() for p in trainable), "optimizer_state_bytes": state_bytes}
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * resource.getpagesize()
 
 
 def training_in_fresh_process(case: dict) -> dict:
@@ -439,35 +440,43 @@ def run_case(name, hub_config, overrides, args, device, stock_training: dict, tr
     return row
 
 
+LORA_METHODS = ("full", "lora", "lora_all")
+
+
 def run_lora_case(name, hub_config, overrides, args, device) -> dict:
-    """Full fine-tuning (AdamW) against a LoRA adapter of rank `args.lora` (AdamW), CenterCLIP in both."""
+    """Full fine-tuning (AdamW) against LoRA adapters of rank `args.lora` (AdamW), CenterCLIP in all: `lora` on the
+    vision layers from the cluster layer on (the default), `lora_all` on every vision layer."""
     config = case_config(hub_config, overrides)
     batch = args.train_batch or default_train_batch(config, device)
     case = dict(hub_config=hub_config, overrides=overrides, device=device.type, train_batch=batch,
                 train_steps=args.train_steps, model="centerclip", optimizer="adamw")  # fmt: skip
-    full, lora = training_in_fresh_process(case), training_in_fresh_process(dict(case, lora_r=args.lora))
-    if full is None or lora is None:
+    extras = {"full": {}, "lora": {"lora_r": args.lora, "lora_vision_layers": "after_cluster"},
+              "lora_all": {"lora_r": args.lora, "lora_vision_layers": "all"}}  # fmt: skip
+    results = {method: training_in_fresh_process({**case, **extras[method]}) for method in LORA_METHODS}
+    if None in results.values():
         return {"case": name, "train_error": f"out of GPU memory at {batch} videos (see --train_batch)"}
     row = {"case": name, "hub_config": hub_config, "train_batch": batch, "lora_r": args.lora}
-    for method, result in (("full", full), ("lora", lora)):
+    for method, result in results.items():
         row.update({f"{method}_train_step_s": result["train_step_s"], f"{method}_train_peak_mb": result["train_peak_bytes"] / 2**20,
                     f"{method}_trainable_parameters": result["trainable_parameters"],
                     f"{method}_optimizer_state_mb": result["optimizer_state_bytes"] / 2**20})  # fmt: skip
-    row["lora_memory_ratio"] = lora["train_peak_bytes"] / full["train_peak_bytes"]
+        if method != "full":
+            row[f"{method}_memory_ratio"] = result["train_peak_bytes"] / results["full"]["train_peak_bytes"]
     return row
 
 
 def print_lora_table(rows: list[dict]) -> None:
-    print(f"{'case':<22}{'batch':>6}{'trainable full/LoRA':>24}{'AdamW MB full/LoRA':>21}{'step s full/LoRA':>19}"
-          f"{'train MB full/LoRA':>21}{'mem ratio':>10}")  # fmt: skip
+    print(f"{'case':<22}{'batch':>6}  {'method':<10}{'trainable':>12}{'AdamW MB':>10}{'step s':>8}{'train MB':>10}"
+          f"{'vs full':>9}")  # fmt: skip
     for r in rows:
         if "train_error" in r:
             print(f"{r['case']:<22}{r['train_error']}")
             continue
-        print(f"{r['case']:<22}{r['train_batch']:>6}{r['full_trainable_parameters']:>13,}/{r['lora_trainable_parameters']:<10,}"
-              f"{r['full_optimizer_state_mb']:>11.1f}/{r['lora_optimizer_state_mb']:<9.1f}{r['full_train_step_s']:>10.2f}/"
-              f"{r['lora_train_step_s']:<8.2f}{r['full_train_peak_mb']:>11.0f}/{r['lora_train_peak_mb']:<9.0f}"
-              f"{r['lora_memory_ratio']:>9.2f}x")  # fmt: skip
+        for method in LORA_METHODS:
+            ratio = f"{r[f'{method}_memory_ratio']:>8.2f}x" if method != "full" else f"{'':>9}"
+            print(f"{r['case']:<22}{r['train_batch']:>6}  {method:<10}{r[f'{method}_trainable_parameters']:>12,}"
+                  f"{r[f'{method}_optimizer_state_mb']:>10.1f}{r[f'{method}_train_step_s']:>8.2f}"
+                  f"{r[f'{method}_train_peak_mb']:>10.0f}{ratio}")  # fmt: skip
 
 
 def print_table(rows: list[dict]) -> None:

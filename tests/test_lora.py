@@ -106,8 +106,10 @@ def test_lora_run_trains_only_the_adapter_and_reloads_through_both_loaders(tmp_p
         else:  # every base weight frozen and bit-identical after the steps
             assert not param.requires_grad, name
             assert torch.equal(param, saved_base[base_name(name)]), name
-    layers = TINY["text_config"]["num_hidden_layers"] + TINY["vision_config"]["num_hidden_layers"]
-    assert len(adapter_names) == 2 * len(DEFAULT_TARGET_MODULES) * layers  # A and B of q/k/v/out, both towers
+    # By default: the text tower's layers and the vision layers from the cluster layer on (1 of 2 here)
+    layers = TINY["text_config"]["num_hidden_layers"] + TINY["vision_config"]["num_hidden_layers"] - TINY["cluster_layer"]
+    assert len(adapter_names) == 2 * len(DEFAULT_TARGET_MODULES) * layers  # A and B of q/k/v/out
+    assert not any("vision_model.encoder.layers.0." in name for name in adapter_names)
     lora_b = [p for n, p in trained.named_parameters() if "lora_B" in n]
     assert all(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: the adapter did train
     run_summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
@@ -119,7 +121,10 @@ def test_lora_run_trains_only_the_adapter_and_reloads_through_both_loaders(tmp_p
     assert not (final / "config.json").exists() and not (final / "model.safetensors").exists()
     adapter_config = json.loads((final / "adapter_config.json").read_text())
     assert adapter_config["base_model_name_or_path"] == base and adapter_config["r"] == 4
-    assert sorted(adapter_config["target_modules"]) == sorted(DEFAULT_TARGET_MODULES)
+    assert sorted(adapter_config["target_modules"]) == sorted(
+        name.removeprefix("base_model.model.").removesuffix(".lora_A.default.weight")
+        for name in adapter_names if name.endswith("lora_A.default.weight")
+    )  # fmt: skip
 
     test_split = load_corpus(corpus)["test"]
     processor = CenterCLIPProcessor.from_pretrained(final)
@@ -270,7 +275,7 @@ def test_publish_pushes_an_adapter_repo_or_a_merged_model(tmp_path, corpus, base
 GLOBAL_BATCH = 6
 
 
-def tiny_lora_model():
+def tiny_lora_model(vision_layers=None):
     from types import SimpleNamespace
 
     from training.lora import add_lora
@@ -279,8 +284,32 @@ def tiny_lora_model():
     text = {**TINY["text_config"], "vocab_size": 40, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
     model = CenterCLIPModel(CenterCLIPConfig(**{**TINY, "text_config": text, "cluster_algo": "kmedoids"})).double()
     settings = SimpleNamespace(model_name_or_path="tiny", lora_adapter=None, lora_r=4, lora_alpha=None,
-                               lora_dropout=0.0, lora_target_modules=None)  # fmt: skip
+                               lora_dropout=0.0, lora_target_modules=None, lora_vision_layers=vision_layers)  # fmt: skip
     return add_lora(model, settings)
+
+
+def test_vision_layers_below_the_cluster_layer_stay_out_of_the_backward_pass():
+    """The default adapts vision layers from the cluster layer on: the layers below it then run without autograd
+    (nothing of theirs is kept for the backward pass), which is LoRA's memory saving here. `all` adapts every layer."""
+    from training.lora import describe_targets
+
+    pixels = torch.randn(2, TINY["num_frames"], 3, 32, 32, dtype=torch.float64)
+    for vision_layers, records_layer0 in ((None, False), ("after_cluster", False), ("all", True)):
+        model = tiny_lora_model(vision_layers).train()
+        seen = {}
+        layers = model.base_model.model.vision_model.encoder.layers
+        handles = [layer.register_forward_hook(lambda m, i, o, k=k: seen.setdefault(k, o[0] if isinstance(o, tuple) else o))
+                   for k, layer in enumerate(layers)]  # fmt: skip
+        model.get_video_features(pixel_values=pixels).pooler_output.sum().backward()
+        for handle in handles:
+            handle.remove()
+        assert seen[0].requires_grad is records_layer0, vision_layers
+        assert seen[1].requires_grad  # the layer after clustering has adapters either way
+        targets = model.peft_config["default"].target_modules
+        adapted_layer0 = any("vision_model.encoder.layers.0." in name for name in map(str, targets))
+        assert adapted_layer0 is False, targets  # "all": the short names; after_cluster: layer 1 on only
+    assert describe_targets(tiny_lora_model().peft_config["default"].target_modules) == (
+        "`k_proj`, `out_proj`, `q_proj`, `v_proj` (text tower; vision layer 1)")
 
 
 def global_batch() -> dict:
@@ -355,6 +384,7 @@ def test_bad_lora_settings_fail_at_parse_time_naming_the_key(tmp_path, corpus, b
         "unknown peft key": (dict(peft={"rank": 4}), r"config key 'peft.rank'.*unknown"),
         "given twice": (dict(peft={"r": 4}, lora_r=8), r"config key 'lora_r'.*given twice"),
         "dropout": (dict(peft={"r": 4, "lora_dropout": 1.5}), r"config key 'lora_dropout'"),
+        "vision layers": (dict(peft={"r": 4, "vision_layers": "lower"}), r"config key 'lora_vision_layers'.*one of"),
         "from scratch": (dict(model_name_or_path=None, model_config=TINY), r"'lora_r'.*give model_name_or_path"),
         "alpha without rank": (dict(peft={"lora_alpha": 8}), r"config key 'lora_alpha'.*need lora_r"),
         "cluster setting": (dict(cluster_algo="spectral"), r"config key 'cluster_algo'.*base's cluster settings"),
@@ -391,8 +421,25 @@ def test_speed_benchmark_lora_mode_counts_the_adapter(tmp_path, monkeypatch):
 
     (row,) = benchmark_speed.main(["--quick", "--lora", "4", "--train_steps", "1", "--output_dir", str(tmp_path)])
     assert json.loads((tmp_path / "speed_lora.json").read_text())["rows"] == [json.loads(json.dumps(row))]
-    # (4 vision + 1 text layers) x 4 projections x rank 4 x (32 in + 32 out)
-    assert row["lora_trainable_parameters"] == (4 + 1) * 4 * 4 * (32 + 32)
+    # (vision layers adapted + 1 text layer) x 4 projections x rank 4 x (32 in + 32 out): by default the vision
+    # layers from the cluster layer (2 of 4) on, with lora_all every one
+    assert row["lora_trainable_parameters"] == (2 + 1) * 4 * 4 * (32 + 32)
+    assert row["lora_all_trainable_parameters"] == (4 + 1) * 4 * 4 * (32 + 32)
     # AdamW keeps state only for weights that got a gradient: the video tower's
-    assert 0 < row["lora_optimizer_state_mb"] < row["full_optimizer_state_mb"]
-    assert row["full_train_peak_mb"] > 0 and row["lora_train_peak_mb"] >= 0
+    assert 0 < row["lora_optimizer_state_mb"] < row["lora_all_optimizer_state_mb"] < row["full_optimizer_state_mb"]
+    # live tensors from the profiler: full fine-tuning's gradients and AdamW state alone outweigh either adapter's
+    assert row["full_train_peak_mb"] > row["lora_all_train_peak_mb"] > row["lora_train_peak_mb"] > 0
+
+
+def test_lora_benchmark_measures_one_step_of_each_method(base, monkeypatch):
+    """The demo benchmark's memory column: live tensors of one training step (both towers, AdamW) per method."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import benchmark_lora
+
+    memory = {method: benchmark_lora.step_memory(Path(base), method, batch=4, max_words=16, lora_r=4)
+              for method in benchmark_lora.METHODS}  # fmt: skip
+    # full fine-tuning keeps gradients and AdamW state of every weight; LoRA below the cluster layer keeps that
+    # layer's activations too, which the default (adapters from the cluster layer on) does not
+    assert memory["full"]["training_memory_mb"] > memory["lora_all"]["training_memory_mb"]
+    assert memory["lora_all"]["training_memory_mb"] > memory["lora"]["training_memory_mb"] > 0
+    assert memory["lora_all"]["activation_mb_at_peak"] > memory["lora"]["activation_mb_at_peak"]

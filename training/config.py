@@ -13,7 +13,8 @@ import os
 import yaml
 
 from training.cli_parsers import CLUSTER_ALGOS, CLUSTER_DISTANCES, CORPUS_NAMES, add_corpus_options, new_parser
-from training.lora import DEFAULT_DROPOUT, DEFAULT_TARGET_MODULES, check_lora_settings, module_names, peft_section_to_flags
+from training.lora import (DEFAULT_DROPOUT, DEFAULT_TARGET_MODULES, DEFAULT_VISION_LAYERS, VISION_LAYER_CHOICES,
+                           check_lora_settings, module_names, peft_section_to_flags)
 
 # `--dry_run` prints these, one `key: value` per line (see `training.train.plan`).
 PLAN_KEYS = ("corpus", "train_split", "train_videos", "items_per_epoch", "item_kind", "num_processes",
@@ -51,13 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--tokenizer_vocab_size", type=int, default=1000,
                        help="from scratch: size of the BPE vocabulary trained on the training captions")
     lora = parser.add_argument_group("LoRA (peft; in a config file also a `peft:` section of r, lora_alpha, "
-                                     "lora_dropout, target_modules, adapter)")
+                                     "lora_dropout, target_modules, vision_layers, adapter)")
     lora.add_argument("--lora_r", type=int, help="train a LoRA adapter of this rank instead of all weights "
                       "(needs model_name_or_path); the adapter trains at new_learning_rate")
     lora.add_argument("--lora_alpha", type=float, help="LoRA scaling numerator (default: 2 x lora_r)")
     lora.add_argument("--lora_dropout", type=float, help=f"dropout on the LoRA input (default: {DEFAULT_DROPOUT})")
     lora.add_argument("--lora_target_modules", type=module_names, metavar="NAME[,NAME...]",
                       help=f"modules to adapt, both towers (default: {','.join(DEFAULT_TARGET_MODULES)})")
+    lora.add_argument("--lora_vision_layers", choices=VISION_LAYER_CHOICES,
+                      help="vision layers adapted: after_cluster (from the cluster layer on, where only the centers "
+                      f"are left: far less memory) or all (default: {DEFAULT_VISION_LAYERS})")
     lora.add_argument("--lora_adapter", help="train this saved adapter further instead of a fresh one (its "
                       "adapter_config.json must name model_name_or_path as its base)")
     data = parser.add_argument_group("data")

@@ -1,7 +1,8 @@
 """LoRA adapters (`peft`) for CenterCLIP: settings checks, wrapping a model for training, loading a saved adapter.
 
 A LoRA run (`--lora_r`, or a `peft:` section in the config) freezes every base weight and trains low-rank updates
-of the attention projections of both towers (`q_proj`, `k_proj`, `v_proj`, `out_proj` by default). `final/` then
+of the attention projections (`q_proj`, `k_proj`, `v_proj`, `out_proj` by default) of the text tower and of the
+vision layers from the cluster layer on (`--lora_vision_layers all`: every vision layer). `final/` then
 holds what `peft` saves -- `adapter_model.safetensors` and `adapter_config.json`, whose `base_model_name_or_path`
 names the base -- plus the processor files, so that evaluation and the search index find tokenizer and video
 settings beside the adapter. It deliberately holds no `config.json`: Transformers would then take the folder for
@@ -18,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -28,12 +30,19 @@ DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
 # peft's default. Dropout > 0 keeps a dropped-out copy of every adapted layer's input for the backward pass: on
 # the demo, dropout 0.1 raised LoRA's training memory from 1.17x to 1.38x of full fine-tuning (docs/lora.md).
 DEFAULT_DROPOUT = 0.0
+# Which vision layers get adapters. Below the cluster layer every frame's tokens pass through; an adapter there
+# makes the backward pass keep all of them, which undoes CenterCLIP's saving. From the cluster layer on only the
+# centers remain, so adapting those layers (and the text tower) is what makes LoRA cheap (docs/lora.md).
+VISION_LAYER_CHOICES = ("after_cluster", "all")
+DEFAULT_VISION_LAYERS = "after_cluster"
 # The `peft:` section of a config file -> the flags it stands for.
 PEFT_SECTION_KEYS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-                     "target_modules": "lora_target_modules", "adapter": "lora_adapter"}  # fmt: skip
-LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_adapter")
+                     "target_modules": "lora_target_modules", "vision_layers": "lora_vision_layers",
+                     "adapter": "lora_adapter"}  # fmt: skip
+LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_vision_layers", "lora_adapter")
+_VISION_LAYER = re.compile(r"(?:^|\.)vision_model\.encoder\.layers\.(\d+)\.")
 
-__all__ = ["DEFAULT_TARGET_MODULES", "add_lora", "check_lora_settings", "is_adapter_folder", "load_adapter_model",
+__all__ = ["DEFAULT_TARGET_MODULES", "DEFAULT_VISION_LAYERS", "VISION_LAYER_CHOICES", "add_lora", "describe_targets", "check_lora_settings", "is_adapter_folder", "load_adapter_model",
            "lora_enabled", "peft_section_to_flags", "read_adapter_config", "trainable_parameter_count"]  # fmt: skip
 
 
@@ -153,6 +162,8 @@ def check_lora_settings(args) -> None:
         fail("lora_alpha", "must be positive")
     if args.lora_dropout is not None and not 0 <= args.lora_dropout < 1:
         fail("lora_dropout", "must be in [0, 1)")
+    if args.lora_vision_layers is not None and args.lora_vision_layers not in VISION_LAYER_CHOICES:
+        fail("lora_vision_layers", f"must be one of {', '.join(VISION_LAYER_CHOICES)}")
     if not args.model_name_or_path:
         fail("lora_r", "LoRA adapts a pretrained model: give model_name_or_path (a base on random weights "
                        "learns nothing useful through a low-rank update)")  # fmt: skip
@@ -165,7 +176,7 @@ def check_lora_settings(args) -> None:
                          "base with these settings first: CenterCLIPModel.from_pretrained(base, "
                          f"{changed[0]}=...).save_pretrained(folder)")  # fmt: skip
     if args.lora_adapter is not None:
-        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"):
+        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_vision_layers"):
             if getattr(args, key) is not None:
                 fail(key, "the adapter given by lora_adapter brings its own settings; leave this unset")
         if not os.path.isdir(args.lora_adapter):
@@ -192,12 +203,55 @@ def check_lora_settings(args) -> None:
                                         "not a linear layer LoRA can adapt")  # fmt: skip
 
 
-def lora_config(args):
+def first_adapted_vision_layer(config, vision_layers: str | None) -> int:
+    """The lowest vision layer given adapters: the cluster layer for `"after_cluster"` (the default) with a
+    segment reducer (k-medoids, spectral, ToMe, uniform); 0 with `"all"`, temporal merging or mean pooling, which
+    have no single layer from which on the tokens are few."""
+    from modeling_centerclip.configuration_centerclip import SEGMENT_REDUCERS
+
+    if (vision_layers or DEFAULT_VISION_LAYERS) == "all" or config.cluster_algo not in SEGMENT_REDUCERS:
+        return 0
+    return config.cluster_layer
+
+
+def target_module_names(model, targets, first_vision_layer: int) -> list[str]:
+    """peft's `target_modules` for `targets` (module names such as `q_proj`): the names themselves when every
+    layer is adapted, else the full name of every match outside the vision layers below `first_vision_layer`."""
+    if first_vision_layer == 0:
+        return list(targets)
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    single = LoraConfig(target_modules=list(targets))
+    names = []
+    for name, _ in model.named_modules():
+        below = (layer := _VISION_LAYER.search(name)) is not None and int(layer.group(1)) < first_vision_layer
+        if name and not below and check_target_module_exists(single, name):
+            names.append(name)
+    return names
+
+
+def describe_targets(target_modules) -> str:
+    """`adapter_config.json`'s target modules in a line: `q_proj`, ... (and which vision layers, when named)."""
+    names = [target_modules] if isinstance(target_modules, str) else list(target_modules)
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
+    text = ", ".join(f"`{leaf}`" for leaf in leaves)
+    layers = sorted({int(m.group(1)) for name in names if (m := _VISION_LAYER.search(name))})
+    if any("." in name for name in names):  # full names: say where they are
+        span = f"vision layer {layers[0]}" if len(layers) == 1 else f"vision layers {layers[0]}-{layers[-1]}" if layers else ""
+        where = span or "no vision layer"
+        text += f" (text tower; {where})" if any("text_model" in name for name in names) else f" ({where})"
+    return text
+
+
+def lora_config(args, model):
     from peft import LoraConfig
 
+    targets = args.lora_target_modules or DEFAULT_TARGET_MODULES
+    first = first_adapted_vision_layer(model.config, args.lora_vision_layers)
     return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha if args.lora_alpha is not None else 2 * args.lora_r,
                       lora_dropout=args.lora_dropout if args.lora_dropout is not None else DEFAULT_DROPOUT,
-                      target_modules=list(args.lora_target_modules or DEFAULT_TARGET_MODULES), bias="none")  # fmt: skip
+                      target_modules=target_module_names(model, targets, first), bias="none")  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -216,7 +270,7 @@ def add_lora(model, args):
     with _peft_deprecation_silenced():
         if args.lora_adapter is not None:
             return peft.PeftModel.from_pretrained(model, args.lora_adapter, is_trainable=True)
-        return peft.get_peft_model(model, lora_config(args))
+        return peft.get_peft_model(model, lora_config(args, model))
 
 
 def trainable_parameter_count(model) -> tuple[int, int]:

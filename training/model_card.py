@@ -16,6 +16,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from modeling_centerclip import CenterCLIPConfig
+from training.lora import describe_targets
 
 # Text-video retrieval has no Hub pipeline of its own; the model maps text and video into one embedding space.
 PIPELINE_TAG = "feature-extraction"
@@ -299,7 +300,7 @@ def render_adapter_card(folder: str | os.PathLike, *, repo_id: str | None = None
     hub_base = None if Path(base).exists() else base  # a local path means nothing on the Hub
     metadata = ModelCardData(library_name="peft", pipeline_tag=PIPELINE_TAG, tags=[*TAGS, "lora", "peft"],
                              base_model=hub_base)  # fmt: skip
-    targets = ", ".join(f"`{name}`" for name in sorted(adapter["target_modules"]))
+    targets = describe_targets(adapter["target_modules"])
     settings = _table(["setting", "value"], [
         ["base model", f"`{base}`"], ["method", "LoRA (peft)"], ["rank", adapter["r"]],
         ["alpha", adapter["lora_alpha"]], ["dropout", adapter["lora_dropout"]], ["target modules", targets],
@@ -308,7 +309,7 @@ def render_adapter_card(folder: str | os.PathLike, *, repo_id: str | None = None
     sections = [
         f"# LoRA adapter (rank {adapter['r']}) for `{base}`",
         f"A LoRA adapter of {trainable:,} parameters for the CenterCLIP model `{base}`: low-rank updates of "
-        f"{targets} in both towers; every base weight stays as it is. The adapter needs its base.",
+        f"{targets}; every base weight stays as it is. The adapter needs its base.",
         "## How to use", ADAPTER_SNIPPET.format(base=base, repo_id=repo_id),
         "## Adapter", settings,
         "## Evaluation results", _results(results, ()),
