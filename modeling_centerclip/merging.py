@@ -7,7 +7,8 @@ Every token carries a size `s` (how many input patches it stands for, 1 at the s
 mean `sum(s * x) / sum(s)` and sizes add up. A token mask (`mask [B, N]`, False = padding from padded frames)
 keeps padding apart from real tokens: padding is merged away first, never contributes to a real token, and a
 real token merged into padding (only when nothing else is left) is dropped, so padding content changes nothing
-and padding fills a budget only when there are too few real tokens. A row with no real token at all is treated as if every token were real.
+and padding fills a budget only when there are too few real tokens. A row with no real token at all is computed
+as if every token were real (`merge_to_budget` still marks its output as padding).
 
 The first `protected` tokens of every row ([CLS] tokens) are never merged and keep their places. Every other
 token keeps its relative order: a merged token sits where its destination (the B-side token) was. Matching
@@ -180,20 +181,21 @@ def merge_to_budget(
 
     With a `mask`, padding takes no part: each row's real unprotected tokens are merged alone, as if the padding
     were not there, and padding tokens (zeroed) fill the budget only when a row has too few real ones; the
-    padding left out gets destination -1. Protected tokens stay whether real or not. Rows of different real
-    counts are merged together in static shapes (`_merge_real_tokens`): no host sync, one graph when compiled.
+    padding left out gets destination -1. Protected tokens stay whether real or not. A row with no real token is
+    merged as if all were real but stays padding (mask False, zeros), so a later join never counts it as real.
+    Rows of different real counts are merged together in static shapes (`_merge_real_tokens`): no host sync,
+    one graph when compiled.
     """
     batch, num_tokens, dim = tokens.shape
     if not (protected < budget <= num_tokens or budget == num_tokens):
         raise ValueError(f"budget={budget}: must be in [{protected + 1}, {num_tokens}] ({protected} protected)")
     if sizes is None:
         sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
-    mask = real_rows(mask)
     if mask is not None and known_all(mask[:, protected:]):
         merged = _merge_rounds(tokens, sizes, budget, protected)
-        return merged._replace(mask=mask.gather(1, merged.kept))
+        return merged._replace(mask=mask.bool().gather(1, merged.kept))
     if mask is not None:
-        return _merge_real_tokens(tokens, budget, sizes, mask, protected)
+        return _merge_real_tokens(tokens, budget, sizes, mask.bool(), protected)
     return _merge_rounds(tokens, sizes, budget, protected)
 
 
@@ -234,7 +236,7 @@ def _merge_real_tokens(tokens, budget, sizes, mask, protected) -> Merged:
     `budget` of them keeps them all and its first padding tokens instead."""
     batch, num_tokens, dim = tokens.shape
     positions = torch.arange(num_tokens, device=tokens.device)
-    own = mask | (positions < protected)
+    own = real_rows(mask) | (positions < protected)
     # Protected tokens, then real ones, then padding, each in input order.
     order = torch.sort((~own).long() * num_tokens + positions, dim=1).indices
     count = own.sum(dim=1)  # [B]

@@ -115,6 +115,8 @@ def test_rows_of_every_real_count_merge_together_as_each_alone(protected):
             real_out = merged.mask[row, slots]
             torch.testing.assert_close(merged.tokens[row, slots][real_out], alone.tokens[0][real_out])
             assert torch.equal(merged.destination[row, real], slots[alone.destination[0]]), (budget, row)
+            if not mask[row].any():  # merged as if real, but still padding: a later join must not count it
+                assert not merged.mask[row].any() and (merged.tokens[row] == 0).all()
             assert (merged.destination[row, ~own] == -1).sum() >= n - len(real) - max(0, budget - len(real))
 
 
