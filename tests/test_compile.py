@@ -157,8 +157,10 @@ def test_reducers_compile_with_inductor_equal_to_eager():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and sync debugging need a GPU (the CPU tests above prove no .item())")
-def test_cuda_graph_replay_has_no_host_sync():
-    model = tiny_model("kmedoids").cuda()
+@pytest.mark.parametrize("case", ["kmedoids", "kmedoids cosine, merge_r, proportional", "temporal, merge_r"])
+def test_cuda_graph_replay_has_no_host_sync(case):
+    algo, overrides = VIDEO_CASES[case]
+    model = tiny_model(algo, **overrides).cuda()
     inputs = {key: value.cuda() for key, value in video_inputs().items()}
     compiled = torch.compile(model.get_video_features, fullgraph=True, mode="reduce-overhead")
     with torch.no_grad():
