@@ -7,7 +7,8 @@ Every token carries a size `s` (how many input patches it stands for, 1 at the s
 mean `sum(s * x) / sum(s)` and sizes add up. A token mask (`mask [B, N]`, False = padding from padded frames)
 keeps padding apart from real tokens: padding is merged away first, never contributes to a real token, and a
 real token merged into padding (only when nothing else is left) is dropped, so padding content changes nothing
-and padding fills a budget only when there are too few real tokens. A row with no real token at all is treated as if every token were real.
+and padding fills a budget only when there are too few real tokens. A row with no real token at all is computed
+as if every token were real (`merge_to_budget` still marks its output as padding).
 
 The first `protected` tokens of every row ([CLS] tokens) are never merged and keep their places. Every other
 token keeps its relative order: a merged token sits where its destination (the B-side token) was. Matching
@@ -49,7 +50,11 @@ def real_rows(mask: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def bipartite_soft_matching(
-    metric: torch.Tensor, num_merged: int, *, protected: int = 0
+    metric: torch.Tensor,
+    num_merged: int | torch.Tensor,
+    *,
+    protected: int = 0,
+    lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One round of ToMe's bipartite soft matching: which R tokens merge into which.
 
@@ -59,8 +64,11 @@ def bipartite_soft_matching(
 
     Args:
         metric: `[B, N, C]` similarity features (hidden states or keys).
-        num_merged: R, at most the number of B tokens, `(N - protected) // 2`.
+        num_merged: R, at most the number of B tokens, `(N - protected) // 2`; or `[B]` int64, one R per row
+            (at most that row's B tokens among its first `lengths`).
         protected: leading tokens never merged.
+        lengths: `[B]` int64; only the first `lengths[b]` tokens of row b take part, as if the row ended there:
+            the others are neither merged nor merged into (static shapes for rows of different lengths).
 
     Returns:
         `(destination [B, N], keep [B, N])`: destination is the input index each token ends in (itself unless
@@ -69,23 +77,31 @@ def bipartite_soft_matching(
     batch, num_tokens, _ = metric.shape
     a_idx = torch.arange(protected, num_tokens, 2, device=metric.device)
     b_idx = torch.arange(protected + 1, num_tokens, 2, device=metric.device)
-    if not 0 <= num_merged <= len(b_idx):
+    per_row = isinstance(num_merged, torch.Tensor)
+    if not per_row and not 0 <= num_merged <= len(b_idx):
         raise ValueError(
             f"num_merged={num_merged}: one round merges at most {len(b_idx)} of the {num_tokens - protected} "
             "unprotected tokens"
         )
     destination = torch.arange(num_tokens, device=metric.device).expand(batch, -1).clone()
     keep = torch.ones(batch, num_tokens, dtype=torch.bool, device=metric.device)
-    if num_merged == 0:
+    if not per_row and num_merged == 0:
         return destination, keep
     with torch.no_grad(), torch.autocast(metric.device.type, enabled=False):
         unit = F.normalize(metric.detach().float(), dim=-1, eps=1e-6).contiguous()
         scores = unit[:, a_idx] @ unit[:, b_idx].transpose(1, 2)  # [B, A, B]
+        if lengths is not None:  # tokens past a row's length: never a partner, never chosen (-inf sorts last)
+            scores = scores.masked_fill((b_idx[None, :] >= lengths[:, None])[:, None, :], float("-inf"))
         best, partner = scores.max(dim=2)  # ties: lowest B index
-        order = _descending_order(best)[:, :num_merged]  # ties: lowest A index
-        merged_a = a_idx[order]  # [B, R] input indices
-        destination.scatter_(1, merged_a, b_idx[partner.gather(1, order)])
-        keep.scatter_(1, merged_a, False)
+        if lengths is not None:
+            best = best.masked_fill(a_idx[None, :] >= lengths[:, None], float("-inf"))
+        order = _descending_order(best)  # ties: lowest A index
+        # The first R A tokens of each row's order merge; the others' entries rewrite what they already hold.
+        rank = torch.arange(len(a_idx), device=metric.device).expand(batch, -1)
+        chosen = rank < (num_merged[:, None] if per_row else num_merged)  # [B, A]
+        merged_a = a_idx[order]  # [B, A] input indices
+        destination.scatter_(1, merged_a, torch.where(chosen, b_idx[partner.gather(1, order)], merged_a))
+        keep.scatter_(1, merged_a, ~chosen)
     return destination, keep
 
 
@@ -110,23 +126,26 @@ def merge_into(
     """Size-weighted merge of every token into `destination` (an input index whose token is kept).
 
     Args:
-        tokens: `[B, N, D]`; sizes: `[B, N]`; destination: `[B, N]` int64; keep: `[B, N]` bool with the same
-            count `num_out` (M) in every row (passed, not counted, so the output shape is static).
+        tokens: `[B, N, D]`; sizes: `[B, N]`; destination: `[B, N]` int64, -1 for a token dropped (it goes
+            nowhere); keep: `[B, N]` bool with the same count `num_out` (M) in every row (passed, not counted, so
+            the output shape is static).
 
     Returns:
-        `Merged` with M tokens in input order (mask None).
+        `Merged` with M tokens in input order (mask None); dropped tokens' destination stays -1.
     """
     batch, num_tokens, dim = tokens.shape
     slot = keep.long().cumsum(dim=1) - 1  # output slot of each kept token
-    out_slot = slot.gather(1, destination)  # [B, N]
+    dropped = destination < 0
+    out_slot = slot.gather(1, destination.clamp_min(0))  # [B, N]
+    spill = out_slot.masked_fill(dropped, num_out)  # dropped tokens go to a spare slot, cut off below
     weights = sizes.to(tokens.dtype)
-    summed = tokens.new_zeros(batch, num_out, dim).scatter_add(
-        1, out_slot[:, :, None].expand(-1, -1, dim), weights[:, :, None] * tokens
-    )
-    new_sizes = weights.new_zeros(batch, num_out).scatter_add(1, out_slot, weights)
+    summed = tokens.new_zeros(batch, num_out + 1, dim).scatter_add(
+        1, spill[:, :, None].expand(-1, -1, dim), weights[:, :, None] * tokens
+    )[:, :num_out]
+    new_sizes = weights.new_zeros(batch, num_out + 1).scatter_add(1, spill, weights)[:, :num_out]
     positions = torch.arange(num_tokens, device=tokens.device)
     kept = torch.where(keep, positions, num_tokens + positions).sort(dim=1).values[:, :num_out]  # kept, ascending
-    return Merged(summed / new_sizes[:, :, None], new_sizes.to(sizes.dtype), None, out_slot, kept)
+    return Merged(summed / new_sizes[:, :, None], new_sizes.to(sizes.dtype), None, out_slot.masked_fill(dropped, -1), kept)
 
 
 def bipartite_merge(
@@ -154,7 +173,6 @@ def merge_to_budget(
     sizes: torch.Tensor | None = None,
     mask: torch.Tensor | None = None,
     protected: int = 0,
-    real_counts: tuple[int, ...] | None = None,
 ) -> Merged:
     """Rounds of bipartite merging until exactly `budget` tokens are left (protected ones included).
 
@@ -163,61 +181,82 @@ def merge_to_budget(
 
     With a `mask`, padding takes no part: each row's real unprotected tokens are merged alone, as if the padding
     were not there, and padding tokens (zeroed) fill the budget only when a row has too few real ones; the
-    padding left out gets destination -1. Protected tokens stay whether real or not.
-
-    Eagerly, rows are grouped by their number of real tokens on the host. Under `torch.compile` that would break
-    the graph, so a masked call there needs `real_counts`, every number of real tokens (protected ones counted)
-    a row can hold: each count is merged for every row and the rows holding it take its result.
+    padding left out gets destination -1. Protected tokens stay whether real or not. A row with no real token is
+    merged as if all were real but stays padding (mask False, zeros), so a later join never counts it as real.
+    Rows of different real counts are merged together in static shapes (`_merge_real_tokens`): no host sync,
+    one graph when compiled.
     """
     batch, num_tokens, dim = tokens.shape
     if not (protected < budget <= num_tokens or budget == num_tokens):
         raise ValueError(f"budget={budget}: must be in [{protected + 1}, {num_tokens}] ({protected} protected)")
     if sizes is None:
         sizes = tokens.new_ones(tokens.shape[:2], dtype=torch.float32)
-    mask = real_rows(mask)
     if mask is not None and known_all(mask[:, protected:]):
-        merged = merge_to_budget(tokens, budget, sizes=sizes, protected=protected)
-        return merged._replace(mask=mask.gather(1, merged.kept))
+        merged = _merge_rounds(tokens, sizes, budget, protected)
+        return merged._replace(mask=mask.bool().gather(1, merged.kept))
     if mask is not None:
-        return _merge_real_tokens(tokens, budget, sizes, mask, protected, real_counts)
-    index = torch.arange(num_tokens, device=tokens.device).expand(batch, -1)
+        return _merge_real_tokens(tokens, budget, sizes, mask.bool(), protected)
+    return _merge_rounds(tokens, sizes, budget, protected)
+
+
+def _merge_rounds(tokens, sizes, budget, protected, lengths=None) -> Merged:
+    """The rounds of `merge_to_budget` (no mask). With `lengths [B]`, row b's own tokens are its first
+    `lengths[b]` (at least `budget`, or fewer: left as they are); each round merges `min(n - budget,
+    (n - protected) // 2)` of a row's n own tokens, as if the row were alone, and drops what the static width
+    no longer holds of the rest (filler: its destination -1)."""
+    batch, width, _ = tokens.shape
+    index = torch.arange(width, device=tokens.device).expand(batch, -1)
     merged = Merged(tokens, sizes, None, index, index)
-    while merged.tokens.shape[1] > budget:
-        count = merged.tokens.shape[1]
-        step = bipartite_merge(merged.tokens, min(count - budget, (count - protected) // 2), sizes=merged.sizes,
-                               protected=protected)  # fmt: skip
-        merged = Merged(step.tokens, step.sizes, None, step.destination.gather(1, merged.destination),
-                        merged.kept.gather(1, step.kept))  # fmt: skip
+    while width > budget:
+        most = min(width - budget, (width - protected) // 2)  # the longest row's merges; the width left: the same
+        if lengths is None:
+            destination, keep = bipartite_soft_matching(merged.tokens, most, protected=protected)
+        else:
+            num_merged = torch.minimum(lengths - budget, (lengths - protected) // 2).clamp_min(0)  # [B]
+            destination, keep = bipartite_soft_matching(merged.tokens, num_merged, protected=protected, lengths=lengths)
+            # Each row keeps its n - R own tokens (at most `width - most`: the round's size is monotone in n)
+            # and fills the rest of the width with its first filler tokens; the filler past it is dropped.
+            dropped = torch.arange(width, device=tokens.device) >= width - most + num_merged[:, None]
+            destination, keep = destination.masked_fill(dropped, -1), keep & ~dropped
+        step = merge_into(merged.tokens, merged.sizes, destination, keep, width - most)
+        if lengths is not None:  # a row merging nothing keeps its tokens as they were (not (s * x) / s)
+            idle = (num_merged == 0)[:, None, None]
+            step = step._replace(tokens=torch.where(idle, merged.tokens[:, : width - most], step.tokens))
+            lengths = lengths - num_merged
+        earlier = merged.destination
+        destination = step.destination.gather(1, earlier.clamp_min(0)).masked_fill(earlier < 0, -1)
+        merged = Merged(step.tokens, step.sizes, None, destination, merged.kept.gather(1, step.kept))
+        width -= most
     return merged
 
 
-def _merge_real_tokens(tokens, budget, sizes, mask, protected, real_counts) -> Merged:
-    """`merge_to_budget` on rows with padding: rows with the same number of real tokens are merged together."""
+def _merge_real_tokens(tokens, budget, sizes, mask, protected) -> Merged:
+    """`merge_to_budget` on rows with padding, in static shapes: each row's protected and real tokens are moved to
+    its front (in order) and merged there as if alone (`_merge_rounds` with `lengths`); a row with fewer than
+    `budget` of them keeps them all and its first padding tokens instead."""
     batch, num_tokens, dim = tokens.shape
     positions = torch.arange(num_tokens, device=tokens.device)
-    unprotected = mask.clone()
-    unprotected[:, :protected] = True
+    own = real_rows(mask) | (positions < protected)
     # Protected tokens, then real ones, then padding, each in input order.
-    order = torch.sort((~unprotected).long() * num_tokens + positions, dim=1).indices
-    num_real = unprotected.sum(dim=1)
-    out = Merged(
-        tokens.new_zeros(batch, budget, dim), sizes.new_ones(batch, budget), mask.new_ones(batch, budget),
-        positions.new_full((batch, num_tokens), -1), positions.new_zeros(batch, budget),
-    )  # fmt: skip
-    if torch.compiler.is_compiling():
-        if real_counts is None:
-            raise ValueError("merge_to_budget with a mask under torch.compile needs real_counts (see its docstring)")
-        rows = torch.arange(batch, device=tokens.device)
-        for count in real_counts:  # static: every count for every row, each row keeps its own count's result
-            result = _merge_rows(tokens, sizes, mask, order[rows], rows, count, budget, protected)
-            holds = num_real == count
-            out = Merged(*(_select_rows(holds, new, old) for new, old in zip(result, out)))
-        return out
-    for count in num_real.unique().tolist():
-        rows = (num_real == count).nonzero().flatten()
-        for field, new in zip(out, _merge_rows(tokens, sizes, mask, order[rows], rows, count, budget, protected)):
-            field[rows] = new
-    return out
+    order = torch.sort((~own).long() * num_tokens + positions, dim=1).indices
+    count = own.sum(dim=1)  # [B]
+    front = positions < count[:, None]  # [B, N]: the entries of `order` that are a row's own tokens
+    packed = torch.where(front[:, :, None], tokens.gather(1, order[:, :, None].expand(-1, -1, dim)), 0)
+    merged = _merge_rounds(packed, torch.where(front, sizes.gather(1, order), 1), budget, protected, lengths=count)
+    few = order[:, :budget].sort(dim=1).values  # too few own tokens: all of them, then the first padding tokens
+    enough = count >= budget
+    unplaced = positions.new_full((batch, num_tokens), -1)
+    kept = _select_rows(enough, order.gather(1, merged.kept), few)
+    destination = _select_rows(
+        enough,
+        unplaced.scatter(1, order, merged.destination.masked_fill(~front, -1)),
+        unplaced.scatter(1, few, torch.arange(budget, device=tokens.device).expand(batch, -1)),
+    )
+    out_tokens = _select_rows(enough, merged.tokens, tokens.gather(1, few[:, :, None].expand(-1, -1, dim)))
+    out_sizes = _select_rows(enough, merged.sizes, sizes.gather(1, few))
+    kept_real = mask.gather(1, kept)
+    out_tokens = torch.where(kept_real[:, :, None], out_tokens, 0)  # 0: masked keys, but 0 * NaN leaks
+    return Merged(out_tokens, out_sizes, kept_real, destination, kept)
 
 
 def _select_rows(rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
@@ -225,27 +264,6 @@ def _select_rows(rows: torch.Tensor, new: torch.Tensor, old: torch.Tensor) -> to
     has no bool `Where`)."""
     rows = rows.view(-1, *[1] * (new.dim() - 1))
     return (rows & new) | (~rows & old) if new.dtype == torch.bool else torch.where(rows, new, old)
-
-
-def _merge_rows(tokens, sizes, mask, row_order, rows, count, budget, protected) -> Merged:
-    """`_merge_real_tokens` for the `rows` holding `count` real tokens (protected ones counted)."""
-    num_tokens = tokens.shape[1]
-    positions = torch.arange(num_tokens, device=tokens.device)
-    if count >= budget:  # enough real tokens: merge them alone
-        taken = row_order[:, :count]
-        pick = lambda x: x[rows[:, None], taken]  # noqa: E731
-        sub = merge_to_budget(pick(tokens), budget, sizes=pick(sizes), protected=protected)
-        kept = taken.gather(1, sub.kept)
-        destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, taken, sub.destination)
-        sub_tokens, sub_sizes = sub.tokens, sub.sizes
-    else:  # too few: every real token, then the first padding tokens
-        kept = row_order[:, :budget].sort(dim=1).values
-        slots = torch.arange(budget, device=tokens.device).expand(len(rows), -1)
-        destination = positions.new_full((len(rows), num_tokens), -1).scatter_(1, kept, slots)
-        sub_tokens, sub_sizes = tokens[rows[:, None], kept], sizes[rows[:, None], kept]
-    kept_real = mask[rows[:, None], kept]
-    sub_tokens = torch.where(kept_real[:, :, None], sub_tokens, 0)  # 0: masked keys, but 0 * NaN leaks
-    return Merged(sub_tokens, sub_sizes, kept_real, destination, kept)
 
 
 def uniform_keep(

@@ -155,9 +155,7 @@ def cluster_segments(
         if not known_all(real):
             token_mask = real.repeat_interleave(seq_len - 1, dim=1)  # [B*S, N]
     if config.cluster_algo == "tome":
-        # A segment's real tokens are those of its real frames (one at least: `real` has no empty row).
-        counts = tuple(frames * (seq_len - 1) for frames in range(1, per_segment + 1))
-        merged = merge_to_budget(to_cluster, num_centers, sizes=patch_sizes, mask=token_mask, real_counts=counts)
+        merged = merge_to_budget(to_cluster, num_centers, sizes=patch_sizes, mask=token_mask)
         centers, center_sizes, medoids = merged.tokens, merged.sizes, merged.kept
         kept_real = merged.mask
         assignment = merged.destination if token_mask is None else merged.destination.masked_fill(~token_mask, -1)

@@ -33,14 +33,15 @@ def tiny_model(algo: str, **overrides) -> CenterCLIPModel:
 
 def video_inputs(seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
-    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask = torch.ones(4, 4, dtype=torch.bool)
     mask[0, 3] = False  # a padded frame
     mask[1, 2:] = False  # a padded segment
-    return {"pixel_values": torch.randn(3, 4, 3, 32, 32, generator=g), "video_mask": mask}
+    mask[3] = torch.tensor([False, True, False, False])  # a single real frame; row 2 has no padding
+    return {"pixel_values": torch.randn(4, 4, 3, 32, 32, generator=g), "video_mask": mask}
 
 
 def text_inputs() -> dict:
-    ids = torch.randint(1, 97, (3, 7), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(1, 97, (4, 7), generator=torch.Generator().manual_seed(1))
     attention = torch.ones_like(ids)
     attention[2, 5:] = 0
     return {"input_ids": ids, "attention_mask": attention}
@@ -54,24 +55,24 @@ def compiled_video(case: str):
     return model, torch.compile(model.get_video_features, fullgraph=True, backend="aot_eager")
 
 
-# case -> (cluster_algo, config overrides); "masked" cases are also called with a video mask.
+# case -> (cluster_algo, config overrides); merge_r merges after the cluster layer (and between temporal joins).
 VIDEO_CASES = {
     "kmedoids": ("kmedoids", {}),
     "kmedoids cosine, merge_r, proportional": ("kmedoids", {"cluster_distance": "cosine", "merge_r": 2, "proportional_attention": True}),
     "spectral": ("spectral", {}),
-    "tome": ("tome", {"proportional_attention": True}),
+    "tome, merge_r": ("tome", {"merge_r": 2, "proportional_attention": True}),
     "uniform": ("uniform", {}),
-    "none (mean pooling)": ("none", {}),
-    "temporal": ("temporal", {}),
+    "none (mean pooling), merge_r": ("none", {"merge_r": [0, 2, 4, 1]}),
+    "temporal, merge_r": ("temporal", {"merge_r": 1, "proportional_attention": True}),
 }
-MASKED = {"kmedoids", "spectral", "tome", "uniform", "none (mean pooling)"}
 
 
+@pytest.mark.parametrize("masked", [True, False], ids=["video_mask", "no mask"])
 @pytest.mark.parametrize("case", list(VIDEO_CASES))
-def test_video_features_compile_to_one_graph_equal_to_eager(case):
+def test_video_features_compile_to_one_graph_equal_to_eager(case, masked):
     model, compiled = compiled_video(case)
     inputs = video_inputs()
-    if case not in MASKED:
+    if not masked:
         del inputs["video_mask"]
     with torch.no_grad():
         expected = model.get_video_features(**inputs, output_clusters=False)
@@ -108,8 +109,11 @@ def test_text_features_and_forward_without_loss_compile_to_one_graph():
     torch.testing.assert_close(forward.logits_per_text, expected.logits_per_text, atol=1e-4, rtol=0)  # logit scale 2.66
 
 
-def test_compiled_training_step_gradients_equal_eager():
-    model = tiny_model("kmedoids").train()
+@pytest.mark.parametrize("case", ["kmedoids", "kmedoids cosine, merge_r, proportional", "temporal, merge_r"])
+def test_compiled_training_step_gradients_equal_eager(case):
+    """With padded videos (one of a single real frame): merge_r after the cluster layer and temporal joins included."""
+    algo, overrides = VIDEO_CASES[case]
+    model = tiny_model(algo, **overrides).train()
     batch = {**text_inputs(), **video_inputs(), "return_loss": True}
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     gradients = []
@@ -126,7 +130,8 @@ def test_compiled_training_step_gradients_equal_eager():
 
 
 def test_reducers_compile_with_inductor_equal_to_eager():
-    """k-medoids (the in-graph while_loop), ToMe with padding, uniform keep: one inductor graph, equal to eager.
+    """k-medoids (the in-graph while_loop), ToMe with padding (rows of different real counts, one below the
+    budget, [CLS] protected or not), uniform keep: one inductor graph, equal to eager.
 
     Spectral clustering compiles too (the model tests above), but not here: inductor's other rounding of the
     Laplacian rotates the eigenvectors of (near-)repeated eigenvalues, so its clusters are as valid, not equal.
@@ -134,14 +139,17 @@ def test_reducers_compile_with_inductor_equal_to_eager():
 
     def reduce(grid, mask):
         assignment, medoids = clustering.kmedoids(grid, 5, mask=mask, backend="torch")
-        merged = merging.merge_to_budget(grid, 6, mask=mask, real_counts=(12, 24))
+        merged = merging.merge_to_budget(grid, 6, mask=mask)
+        with_cls = merging.merge_to_budget(grid, 9, mask=mask, protected=1)
         kept, nearest = merging.uniform_keep(grid.shape[1], 7, mask)
-        return assignment, medoids, merged.tokens, merged.sizes, merged.mask, merged.kept, kept, nearest
+        return (assignment, medoids, *merged, *with_cls, kept, nearest)
 
     g = torch.Generator().manual_seed(3)
-    grid = torch.randint(0, 3, (3, 24, 4), generator=g).float()  # integer grid: many ties
-    mask = torch.ones(3, 24, dtype=torch.bool)
+    grid = torch.randint(0, 3, (5, 24, 4), generator=g).float()  # integer grid: many ties
+    mask = torch.ones(5, 24, dtype=torch.bool)
     mask[1, 12:] = False  # one frame of two padded
+    mask[3, 1::3] = False  # scattered padding
+    mask[4, 5:] = False  # fewer real tokens than either budget
     expected = reduce(grid, mask)
     actual = torch.compile(reduce, fullgraph=True)(grid, mask)
     for got, want in zip(actual, expected):
@@ -149,8 +157,10 @@ def test_reducers_compile_with_inductor_equal_to_eager():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs and sync debugging need a GPU (the CPU tests above prove no .item())")
-def test_cuda_graph_replay_has_no_host_sync():
-    model = tiny_model("kmedoids").cuda()
+@pytest.mark.parametrize("case", ["kmedoids", "kmedoids cosine, merge_r, proportional", "temporal, merge_r"])
+def test_cuda_graph_replay_has_no_host_sync(case):
+    algo, overrides = VIDEO_CASES[case]
+    model = tiny_model(algo, **overrides).cuda()
     inputs = {key: value.cuda() for key, value in video_inputs().items()}
     compiled = torch.compile(model.get_video_features, fullgraph=True, mode="reduce-overhead")
     with torch.no_grad():
@@ -165,17 +175,19 @@ def test_cuda_graph_replay_has_no_host_sync():
         torch.testing.assert_close(out, model.get_video_features(**inputs).pooler_output, atol=1e-4, rtol=0)
 
 
-def test_exported_onnx_video_tower_equals_pytorch_in_onnx_runtime(tmp_path):
+@pytest.mark.parametrize("case", ["kmedoids", "kmedoids cosine, merge_r, proportional", "temporal, merge_r"])
+def test_exported_onnx_video_tower_equals_pytorch_in_onnx_runtime(tmp_path, case):
     pytest.importorskip("onnxruntime", reason="the [onnx] extra")
     from training import publish
     from training.export_onnx import example_inputs, max_difference
 
-    model = tiny_model("kmedoids")
+    algo, overrides = VIDEO_CASES[case]
+    model = tiny_model(algo, **overrides)
     model.save_pretrained(tmp_path / "model")
     output = tmp_path / "tower.onnx"
     publish.main(["export-onnx", "--model", str(tmp_path / "model"), "--output", str(output), "--batch", "2"])
     assert output.stat().st_size > 10_000
     for seed in (2, 3):  # other frames and masks than the export's own check
         pixel_values, video_mask = example_inputs(model.config, 2, seed=seed)
-        video_mask[1, :2] = seed == 3
+        video_mask[1] = torch.tensor([[False, True, False, False], [False, False, True, True]][seed - 2])  # 1 or 2 real
         assert max_difference(model, output, (pixel_values, video_mask)) <= 1e-5

@@ -90,6 +90,36 @@ def test_padding_takes_no_part_in_merging(budget):
     assert merged.mask[3].all()  # a row without padding is untouched
 
 
+@pytest.mark.parametrize("protected", [0, 1, 2])
+def test_rows_of_every_real_count_merge_together_as_each_alone(protected):
+    """One batch holds rows of many real counts (every count from none to all, padding anywhere, protected tokens
+    padded or not); at every budget each row equals its own tokens merged alone: the static-shape path (every
+    row's rounds at once, no grouping by count) is exact, choices included."""
+    n = 15
+    g = torch.Generator().manual_seed(protected)
+    tokens, sizes = random_tokens(batch=n + 1, n=n, seed=protected)
+    mask = torch.rand(n + 1, n, generator=g).argsort(dim=1) < torch.arange(n + 1)[:, None]  # row i: i real tokens
+    counted = mask | ~mask.any(dim=1, keepdim=True)  # a row with no real token is merged as if all were real
+    garbage = torch.where(counted[:, :, None], tokens, torch.full_like(tokens, float("nan")))
+    for budget in range(protected + 1, n + 1):
+        merged = merge_to_budget(garbage, budget, sizes=sizes, mask=mask, protected=protected)
+        assert merged.tokens.shape == (n + 1, budget, 6) and torch.isfinite(merged.tokens).all()
+        for row in range(n + 1):
+            own = counted[row] | (torch.arange(n) < protected)
+            real = own.nonzero().flatten()
+            alone = merge_to_budget(tokens[row : row + 1, real], min(budget, len(real)), sizes=sizes[row : row + 1, real], protected=protected)
+            placed = merged.kept[row].unsqueeze(1) == real[alone.kept[0]].unsqueeze(0)  # [budget, kept alone]
+            assert placed.any(dim=0).all() and (merged.kept[row].diff() > 0).all(), (budget, row)
+            slots = placed.float().argmax(dim=0)  # where each of the alone result's tokens sits
+            torch.testing.assert_close(merged.sizes[row, slots], alone.sizes[0])
+            real_out = merged.mask[row, slots]
+            torch.testing.assert_close(merged.tokens[row, slots][real_out], alone.tokens[0][real_out])
+            assert torch.equal(merged.destination[row, real], slots[alone.destination[0]]), (budget, row)
+            if not mask[row].any():  # merged as if real, but still padding: a later join must not count it
+                assert not merged.mask[row].any() and (merged.tokens[row] == 0).all()
+            assert (merged.destination[row, ~own] == -1).sum() >= n - len(real) - max(0, budget - len(real))
+
+
 def test_protected_cls_is_never_merged():
     for seed in range(5):
         tokens, sizes = random_tokens(n=15, seed=seed)

@@ -104,3 +104,18 @@ def test_tome_reports_its_merges_as_clusters():
 def test_bad_reducer_settings_fail_at_construction(settings, field):
     with pytest.raises(ValueError, match=field):
         tiny_centerclip_config(**settings)
+
+
+@pytest.mark.parametrize("mask_row", [[True, False, False, False], [False, False, True, True]])
+def test_temporal_joins_keep_a_padded_group_out(mask_row):
+    """A group of padded frames stays padding when joined with real frames: no later layer attends to its tokens
+    (a video of one or two real frames ends with no more real tokens than those frames' [CLS] and patches)."""
+    config = tiny_centerclip_config(cluster_algo="temporal", merge_r=1)
+    config._attn_implementation = "eager"
+    model = CenterCLIPModel(config).eval()
+    mask = torch.tensor([mask_row])
+    with torch.no_grad():
+        out = model.get_video_features(pixels(batch=1), video_mask=mask, output_attentions=True)
+    assert config.layer_plan()[-1].sequences == 1  # the last layer sees the whole video as one sequence
+    attended = (out.attentions[-1][0] > 0).any(dim=1).any(dim=0)  # keys that some head and query attend to
+    assert 0 < attended.sum() <= int(mask.sum()) * 17  # [CLS] + 16 patches per real frame
