@@ -343,13 +343,6 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
     return settings
 
 
-def remove_stale(index_dir: Path, keep: str | None) -> None:
-    """Delete `ivfpq-*` folders other than `keep` (finished or abandoned builds of older inputs)."""
-    for folder in Path(index_dir).glob(f"{PREFIX}*"):
-        if folder.is_dir() and not folder.is_symlink() and folder.name != keep:
-            shutil.rmtree(folder, ignore_errors=True)
-
-
 def build_from_parts(index_dir: Path, spec, parts: list[Path], target: float = 0.95) -> dict:
     """The `ivfpq` index of an index folder's live parquet parts (in manifest order), read one part at a time,
     tuned on text-like queries (`search.tuning`). Its folder is named by the parts and the model, so a run

@@ -37,7 +37,6 @@ from training.frame_store import check_store_settings, load_frame_store, row_mod
 
 from . import __version__
 from .ann import FP16_ABOVE, build_index, check_kind
-from .compressed import remove_stale
 from .library import LibraryVideo, list_library, same_state, unique_ids
 from .models import ModelMismatchError, ModelSpec
 from .storage import (MANIFEST, PARTS, REPAIR_HINT, CorruptIndexError, IndexLock, list_parts, parts_folder,
@@ -358,7 +357,6 @@ def _commit(output: Path, spec: ModelSpec, plan: dict, kind: str, encoded: int) 
     for part in obsolete:  # found by listing parts/, never named by a manifest
         part.unlink(missing_ok=True)
     remove_leftovers(output, keep_index=index_file)
-    remove_stale(output, Path(index_file).parent.name if kind == "ivfpq" and live else None)
     return manifest
 
 

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import tempfile
 from pathlib import Path
@@ -45,7 +46,8 @@ ROW_COLUMNS = ("path", "video_id", "size", "mtime_ns", "caption", "metadata", "f
 # A run's index files: `index-<run>.faiss`, and any companion `index-<run>.<ext>` an index kind writes beside it.
 INDEX_FILE = re.compile(r"index-[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)+")
 # What a manifest's `index.file` may name: a run's FAISS file, or the compressed kind's folder (search/compressed.py).
-INDEX_PATH = re.compile(INDEX_FILE.pattern + r"|ivfpq-[0-9a-f]+/index\.faiss")
+IVFPQ_FOLDER = re.compile(r"ivfpq-[0-9a-f]+")  # search.compressed's on-disk index, named by its inputs
+INDEX_PATH = re.compile(INDEX_FILE.pattern + "|" + IVFPQ_FOLDER.pattern + r"/index\.faiss")
 PART_FILE = re.compile(r"parts/[A-Za-z0-9_-]+\.parquet")
 REPAIR_HINT = "run `centerclip index SOURCE --model MODEL --output {dir} --rebuild` to repair it (good parts are kept)"
 
@@ -142,11 +144,12 @@ def read_manifest(index_dir: str | os.PathLike) -> dict:
 
 
 def remove_leftovers(index_dir: Path, keep_index: str) -> list[str]:
-    """Remove what killed or failed runs left: temporary files, and index files of other runs than `keep_index`'s
-    (`index-<run>.*`). Only the folder's own entries are listed and unlinked (a link is removed, never
-    followed). Call with the lock."""
+    """Remove what killed or failed runs left: temporary files, and the indexes of other runs than `keep_index`'s
+    (`index-<run>.*` files, `ivfpq-<key>/` folders of finished or abandoned builds of older inputs). Only the
+    folder's own entries are listed and removed (a link is unlinked, never followed). Call with the lock."""
     removed = []
     keep_run = keep_index.split(".")[0] + "."
+    keep_folder = keep_index.split("/")[0] if "/" in keep_index else None
     for folder, leftover in ((index_dir, lambda n: n.startswith(".") and ".tmp" in n or
                               (INDEX_FILE.fullmatch(n) is not None and not n.startswith(keep_run))),
                              (index_dir / PARTS, lambda n: n.startswith(".") and ".tmp" in n)):  # fmt: skip
@@ -154,12 +157,17 @@ def remove_leftovers(index_dir: Path, keep_index: str) -> list[str]:
             continue
         with os.scandir(folder) as entries:
             for entry in entries:
-                if leftover(entry.name) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+                stale_build = folder == index_dir and IVFPQ_FOLDER.fullmatch(entry.name) and entry.name != keep_folder
+                if stale_build and entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                elif (leftover(entry.name) or stale_build) and (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(entry.path)
-                    removed.append(entry.name)
+                else:
+                    continue
+                removed.append(entry.name)
     if removed:
-        logger.info("removed %d leftover file(s) of earlier runs: %s", len(removed), ", ".join(sorted(removed)[:5]))
+        logger.info("removed %d leftover(s) of earlier runs: %s", len(removed), ", ".join(sorted(removed)[:5]))
     return removed
 
 
