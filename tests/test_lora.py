@@ -310,6 +310,7 @@ def test_vision_layers_below_the_cluster_layer_stay_out_of_the_backward_pass():
         assert adapted_layer0 is False, targets  # "all": the short names; after_cluster: layer 1 on only
     assert describe_targets(tiny_lora_model().peft_config["default"].target_modules) == (
         "`k_proj`, `out_proj`, `q_proj`, `v_proj` (text tower; vision layer 1)")
+    assert describe_targets(["q_proj", "v_proj"]) == "`q_proj`, `v_proj` (both towers, every layer)"
 
 
 def global_batch() -> dict:

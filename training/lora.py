@@ -27,8 +27,8 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 # Both towers' attention projections (CLIPAttention); the MLPs (fc1/fc2) and projections stay frozen.
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "out_proj")
-# peft's default. Dropout > 0 keeps a dropped-out copy of every adapted layer's input for the backward pass: on
-# the demo, dropout 0.1 raised LoRA's training memory from 1.17x to 1.38x of full fine-tuning (docs/lora.md).
+# peft's default. Dropout > 0 keeps a dropped-out copy of every adapted layer's input for the backward pass (one
+# per projection, where q/k/v otherwise share their input).
 DEFAULT_DROPOUT = 0.0
 # Which vision layers get adapters. Below the cluster layer every frame's tokens pass through; an adapter there
 # makes the backward pass keep all of them, which undoes CenterCLIP's saving. From the cluster layer on only the
@@ -42,8 +42,9 @@ PEFT_SECTION_KEYS = {"r": "lora_r", "lora_alpha": "lora_alpha", "lora_dropout": 
 LORA_FLAGS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_vision_layers", "lora_adapter")
 _VISION_LAYER = re.compile(r"(?:^|\.)vision_model\.encoder\.layers\.(\d+)\.")
 
-__all__ = ["DEFAULT_TARGET_MODULES", "DEFAULT_VISION_LAYERS", "VISION_LAYER_CHOICES", "add_lora", "describe_targets", "check_lora_settings", "is_adapter_folder", "load_adapter_model",
-           "lora_enabled", "peft_section_to_flags", "read_adapter_config", "trainable_parameter_count"]  # fmt: skip
+__all__ = ["DEFAULT_TARGET_MODULES", "DEFAULT_VISION_LAYERS", "VISION_LAYER_CHOICES", "add_lora", "check_lora_settings",
+           "describe_targets", "is_adapter_folder", "load_adapter_model", "lora_enabled", "peft_section_to_flags",
+           "read_adapter_config", "trainable_parameter_count"]  # fmt: skip
 
 
 def _require_peft():
@@ -237,11 +238,11 @@ def describe_targets(target_modules) -> str:
     leaves = sorted({name.rsplit(".", 1)[-1] for name in names})
     text = ", ".join(f"`{leaf}`" for leaf in leaves)
     layers = sorted({int(m.group(1)) for name in names if (m := _VISION_LAYER.search(name))})
-    if any("." in name for name in names):  # full names: say where they are
-        span = f"vision layer {layers[0]}" if len(layers) == 1 else f"vision layers {layers[0]}-{layers[-1]}" if layers else ""
-        where = span or "no vision layer"
-        text += f" (text tower; {where})" if any("text_model" in name for name in names) else f" ({where})"
-    return text
+    if not any("." in name for name in names):  # short names match in both towers
+        return f"{text} (both towers, every layer)"
+    span = f"vision layer {layers[0]}" if len(layers) == 1 else f"vision layers {layers[0]}-{layers[-1]}" if layers else ""
+    where = span or "no vision layer"
+    return f"{text} (text tower; {where})" if any("text_model" in name for name in names) else f"{text} ({where})"
 
 
 def lora_config(args, model):
