@@ -133,11 +133,21 @@ def format_table(base: dict, methods: dict) -> str:
 
 def targets(full: dict, lora: dict) -> dict:
     memory_ratio = lora["training_memory_mb"] / full["training_memory_mb"]
-    within = {d: abs(lora[f"{d}_R@1"] - full[f"{d}_R@1"]) <= full[f"{d}_R@1_std"] for d in ("t2v", "v2t")}
+    # The quality target is parity: within one std of full, or above it (better is not a miss, and is told apart).
+    gap = {d: lora[f"{d}_R@1"] - full[f"{d}_R@1"] for d in ("t2v", "v2t")}
     return {"memory_ratio": memory_ratio, "memory_target_met": memory_ratio <= 0.6,
             "optimizer_state_ratio": lora["optimizer_state_bytes"] / full["optimizer_state_bytes"],
             "trainable_ratio": lora["trainable_parameters"] / full["trainable_parameters"],
-            **{f"{d}_R@1_within_one_std": ok for d, ok in within.items()}}  # fmt: skip
+            **{f"{d}_R@1_minus_full": g for d, g in gap.items()},
+            **{f"{d}_R@1_within_one_std": abs(g) <= full[f"{d}_R@1_std"] for d, g in gap.items()},
+            **{f"{d}_R@1_target_met": g >= -full[f"{d}_R@1_std"] for d, g in gap.items()}}  # fmt: skip
+
+
+def quality_verdict(check: dict, direction: str) -> str:
+    gap = check[f"{direction}_R@1_minus_full"]
+    if check[f"{direction}_R@1_within_one_std"]:
+        return f"{direction} {gap:+.1f}, within one std"
+    return f"{direction} {gap:+.1f}, {'above' if gap > 0 else 'BELOW'} one std"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -223,9 +233,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, check in verdict.items():
         print(f"\n{METHOD_NAMES[name].format(r=settings['lora_r'])} / full: training memory {check['memory_ratio']:.2f}x "
               f"(target <= 0.6x: {'met' if check['memory_target_met'] else 'NOT met'}), AdamW state "
-              f"{check['optimizer_state_ratio']:.3f}x, trainable parameters {check['trainable_ratio']:.3f}x; R@1 within "
-              f"one std of full: t2v {'yes' if check['t2v_R@1_within_one_std'] else 'NO'}, v2t "
-              f"{'yes' if check['v2t_R@1_within_one_std'] else 'NO'}")  # fmt: skip
+              f"{check['optimizer_state_ratio']:.3f}x, trainable parameters {check['trainable_ratio']:.3f}x; R@1 against "
+              f"full (target: not below one std): {quality_verdict(check, 't2v')}, {quality_verdict(check, 'v2t')}")  # fmt: skip
     args.output_json.parent.mkdir(parents=True, exist_ok=True)
     args.output_json.write_text(json.dumps(report, indent=2))
     print(f"wrote {args.output_json}; total {report['wall_time_s'] / 60:.1f} min")
