@@ -386,6 +386,8 @@ def test_bad_lora_settings_fail_at_parse_time_naming_the_key(tmp_path, corpus, b
         "given twice": (dict(peft={"r": 4}, lora_r=8), r"config key 'lora_r'.*given twice"),
         "dropout": (dict(peft={"r": 4, "lora_dropout": 1.5}), r"config key 'lora_dropout'"),
         "vision layers": (dict(peft={"r": 4, "vision_layers": "lower"}), r"config key 'lora_vision_layers'.*one of"),
+        "only below the cluster layer": (dict(peft={"r": 4, "target_modules": ["vision_model.encoder.layers.0.mlp.fc1"]}),
+                                         r"'lora_target_modules'.*below the cluster layer \(1\).*set it to 'all'"),
         "from scratch": (dict(model_name_or_path=None, model_config=TINY), r"'lora_r'.*give model_name_or_path"),
         "alpha without rank": (dict(peft={"lora_alpha": 8}), r"config key 'lora_alpha'.*need lora_r"),
         "cluster setting": (dict(cluster_algo="spectral"), r"config key 'cluster_algo'.*base's cluster settings"),

@@ -202,6 +202,10 @@ def check_lora_settings(args) -> None:
         if unsupported:
             fail("lora_target_modules", f"{unsupported[0]} is a {type(model.get_submodule(unsupported[0])).__name__}, "
                                         "not a linear layer LoRA can adapt")  # fmt: skip
+    first = first_adapted_vision_layer(model.config, args.lora_vision_layers)
+    if not target_module_names(model, args.lora_target_modules or DEFAULT_TARGET_MODULES, first):
+        fail("lora_target_modules", f"every module named lies in a vision layer below the cluster layer ({first}), "
+                                    "which lora_vision_layers 'after_cluster' leaves out; set it to 'all'")  # fmt: skip
 
 
 def first_adapted_vision_layer(config, vision_layers: str | None) -> int:
