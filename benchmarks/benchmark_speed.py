@@ -336,7 +336,6 @@ def training_step(case: dict) -> dict:
         model.zero_grad(set_to_none=True)
 
     # The first step is measured for memory (it allocates the optimizer state), the others for time.
-    at_peak = {}
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -344,17 +343,16 @@ def training_step(case: dict) -> dict:
         seconds = [timed(step, device)]
         peak = torch.cuda.max_memory_allocated() - before
     else:  # live tensors from the profiler: peak RSS measures the allocator's fragmentation as much (tensor_memory.py)
-        memory = peak_tensor_memory(step)
-        peak, at_peak, seconds = memory["peak_bytes"], memory["at_peak"], []
+        peak, seconds = peak_tensor_memory(step)["peak_bytes"], []
     seconds += [timed(step, device) for _ in range(max(case["train_steps"] - 1, 1 - len(seconds)))]
     state_bytes = sum(t.nbytes for state in optimizer.state.values() for t in state.values()) if optimizer else 0
     return {"train_step_s": statistics.median(seconds[1:] or seconds), "train_peak_bytes": peak,
-            "activation_bytes_at_peak": at_peak.get("activation"),
             "trainable_parameters": sum(p.numel() for p in trainable), "optimizer_state_bytes": state_bytes}
 
 
 def training_in_fresh_process(case: dict) -> dict:
-    """CPU peak RSS is per process, so each training case gets its own. None: out of GPU memory."""
+    """Each CPU training case in a process of its own, so no case inherits another's memory or threads. None:
+    out of GPU memory."""
     if case["device"] == "cuda":
         try:
             return training_step(case)
