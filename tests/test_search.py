@@ -631,6 +631,9 @@ def test_page_searches_by_an_uploaded_image_or_video_and_deletes_it(server, libr
 
         status = upload(still, "the image a frame.png")
         assert box.input_value() == ""  # cleared: the page shows what it searched by
+        # The status and the result cards are separate components: the cards may render a moment later.
+        page.wait_for_function("n => document.querySelectorAll('.result').length === n", arg=len(expected),
+                               timeout=30_000)  # fmt: skip
         shown = page.eval_on_selector_all(".result", "cards => cards.map(c => c.dataset.row)")
         assert shown == [str(r.row) for r in expected]
         assert f"{len(expected)} results" in status
