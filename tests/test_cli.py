@@ -28,6 +28,7 @@ COMMANDS = {
     "evaluate.py": [str(REPO / "training" / "evaluate.py")],
     "prepare_frames": ["-m", "training.prepare_frames"],
     "publish": ["-m", "training.publish"],
+    "demo.py": [str(REPO / "training" / "demo.py")],
 }
 HEAVY = ("torch", "transformers", "datasets", "faiss", "accelerate")
 
@@ -164,6 +165,7 @@ CASES = [
     ("prepare_frames", ["{tmp}/no_videos", "--output_dir", "{tmp}/store"], r"error: unknown corpus '.*no_videos'"),
     ("publish", ["convert", "--clip", "x", "--hub_config", "{tmp}/nope", "--output_dir", "{tmp}/o"],
      r"python -m training\.publish: error: Hub configuration .*nope not found"),
+    ("demo.py", ["--output_dir", "/dev/null/demo"], r"demo\.py: error: /dev/null/demo: Not a directory"),
 ]  # fmt: skip
 
 

@@ -256,4 +256,6 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from training.cli_errors import run_cli
+
+    run_cli("demo.py", main)
