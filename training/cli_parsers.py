@@ -29,7 +29,9 @@ MIRRORED = {
 EXPORT_ONNX_ATOL = 1e-4  # largest embedding difference ONNX Runtime vs PyTorch that export-onnx accepts
 POST_PROCESSES = ("none", "dsl")
 METRIC_CONVENTIONS = ("strict", "clip4clip")
-HUB_CONFIGS_DIR = Path(__file__).resolve().parents[1] / "hub_configs"
+# The repository's hub_configs/ in a checkout or an editable install; a wheel ships it as training/hub_configs.
+_CHECKOUT_HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
+HUB_CONFIGS_DIR = _CHECKOUT_HUB_CONFIGS if _CHECKOUT_HUB_CONFIGS.is_dir() else Path(__file__).resolve().parent / "hub_configs"
 SIDECAR_NAME = "hub.json"
 CORPUS_NAMES = "msrvtt / msvd / lsmdc / activitynet / demo"
 
