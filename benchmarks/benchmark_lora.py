@@ -17,7 +17,7 @@ LoRA on random weights is meaningless, and the demo trains from scratch, so the 
 Per run: trainable parameters, AdamW state bytes (from the optimizer), time per optimizer step, t2v/v2t R@1 on
 the shifted corpus's test split; means +- sample std over seeds. Per method, once (it depends on shapes only):
 training memory, the peak of live tensors in one training step at the demo's shapes (both towers, the training
-loss, AdamW) over those alive before it, from the profiler (`tensor_memory.py`; peak RSS measures the allocator's
+loss, AdamW) over those alive before it, from the profiler (`training/tensor_memory.py`; peak RSS measures the allocator's
 fragmentation as much). Prints the table, the two targets per LoRA variant (memory <= 0.6x full; R@1 not
 below full's by more than one std, with whether it is within one std either way) and writes JSON to
 `docs/lora_benchmark_cpu.json` (`--output_json`).
@@ -34,9 +34,8 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
+sys.path.insert(0, str(REPO))
 
-from tensor_memory import peak_tensor_memory  # noqa: E402
 from training.demo import mean_and_std, prepare_tokenizer, train_in_subprocess  # noqa: E402
 
 DEMO_CONFIG = REPO / "training" / "configs" / "demo_centerclip.yaml"
@@ -80,8 +79,8 @@ def step_memory(base_folder: Path, method: str, batch: int, max_words: int, lora
     import torch
 
     from modeling_centerclip import CenterCLIPModel
-    from training.losses import batch_loss
     from training.lora import add_lora
+    from training.tensor_memory import training_step_memory
 
     torch.manual_seed(0)
     model = CenterCLIPModel.from_pretrained(base_folder)
@@ -90,19 +89,7 @@ def step_memory(base_folder: Path, method: str, batch: int, max_words: int, lora
                                    lora_dropout=None, lora_target_modules=None,
                                    lora_vision_layers="all" if method == "lora_all" else None)  # fmt: skip
         model = add_lora(model, settings)
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
-    config, generator = model.config, torch.Generator().manual_seed(0)
-    size = config.vision_config.image_size
-    input_ids = torch.randint(2, config.text_config.vocab_size, (batch, max_words), generator=generator)
-    batch_inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-                    "pixel_values": torch.randn(batch, config.num_frames, 3, size, size, generator=generator)}  # fmt: skip
-
-    def step():
-        batch_loss(model, batch_inputs).backward()
-        optimizer.step()
-
-    memory = peak_tensor_memory(step)
+    memory = training_step_memory(model, batch, max_words)
     return {"training_memory_mb": memory["peak_bytes"] / 2**20, "activation_mb_at_peak": memory["at_peak"]["activation"] / 2**20}
 
 

@@ -22,7 +22,7 @@ same step of LoRA adapters of rank R (`training.lora`: q/k/v/out projections, th
 layers from the cluster layer on (the default) and on all of them:
 trainable parameters, AdamW state, step time and peak memory (random weights: the shapes are what matters).
 Training memory is the peak of live tensors during the first step (AdamW state included) over those before it:
-`torch.cuda.max_memory_allocated` on a GPU, the profiler's allocation timeline on the CPU (`tensor_memory.py`).
+`torch.cuda.max_memory_allocated` on a GPU, the profiler's allocation timeline on the CPU (`training/tensor_memory.py`).
 
 CPU runs fp32 with sdpa attention; CUDA runs bf16 autocast with sdpa, inference at 1, 8 and 32 videos
 (`--batch_grid`, `--batch`) and training steps of 128 videos, and also times the tower with the torch clustering
@@ -64,7 +64,7 @@ from transformers import CLIPConfig, CLIPModel
 from modeling_centerclip import CenterCLIPConfig, CenterCLIPModel, clustering
 from modeling_centerclip import modeling_centerclip as modeling
 from modeling_centerclip.modeling_centerclip import cluster_segments
-from tensor_memory import peak_tensor_memory
+from training.tensor_memory import peak_tensor_memory
 
 HUB_CONFIGS = Path(__file__).resolve().parents[1] / "hub_configs"
 FULL_CASES = [
@@ -342,7 +342,7 @@ def training_step(case: dict) -> dict:
         before = torch.cuda.memory_allocated()
         seconds = [timed(step, device)]
         peak = torch.cuda.max_memory_allocated() - before
-    else:  # live tensors from the profiler: peak RSS measures the allocator's fragmentation as much (tensor_memory.py)
+    else:  # live tensors from the profiler: peak RSS follows the allocator's fragmentation (training/tensor_memory.py)
         peak, seconds = peak_tensor_memory(step)["peak_bytes"], []
     seconds += [timed(step, device) for _ in range(max(case["train_steps"] - 1, 1 - len(seconds)))]
     state_bytes = sum(t.nbytes for state in optimizer.state.values() for t in state.values()) if optimizer else 0
