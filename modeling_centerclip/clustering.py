@@ -86,10 +86,16 @@ def _unclamped_distance(tokens: torch.Tensor, distance: str) -> torch.Tensor:
     raise ValueError(f"distance={distance!r}: must be 'euclidean' or 'cosine'")
 
 
+def _near_threshold(least: torch.Tensor) -> torch.Tensor:
+    """The largest value that still ties with the minimum `least` (the near-tie rule): exact scaling by a power of
+    two and one rounding in the sum, so both backends compute the same bound (inf stays inf)."""
+    return least + least.abs() * TIE_RTOL
+
+
 def _first_near_min(values: torch.Tensor, dim: int) -> torch.Tensor:
     """Lowest index along `dim` whose value is within `TIE_RTOL * |min|` of the minimum (the near-tie rule)."""
     least = values.amin(dim=dim, keepdim=True)
-    threshold = least + least.abs() * TIE_RTOL  # exact scaling by a power of two, one rounding in the sum
+    threshold = _near_threshold(least)
     index = torch.arange(values.shape[dim], device=values.device).view(-1, *([1] * (values.dim() - dim - 1)))
     first = torch.where(values <= threshold, index, values.shape[dim]).amin(dim=dim)
     # Never past the end: a compiler that recomputes `values` for the minimum with other rounding could leave no
@@ -146,8 +152,7 @@ def _update(
         cost.masked_fill_(~mask, float("inf"))
     best = cost.new_full((batch, num_clusters), float("inf")).scatter_reduce(1, assignment, cost, "amin")
     index = torch.arange(num_tokens, device=assignment.device).expand(batch, -1)
-    threshold = best + best.abs() * TIE_RTOL  # inf (a masked token's cost) stays inf
-    candidates = torch.where(cost <= threshold.gather(1, assignment), index, num_tokens)  # near-ties: lowest index
+    candidates = torch.where(cost <= _near_threshold(best).gather(1, assignment), index, num_tokens)  # near-ties: lowest index
     medoids = assignment.new_full((batch, num_clusters), num_tokens).scatter_reduce(1, assignment, candidates, "amin")
     return medoids.sort(dim=1).values
 

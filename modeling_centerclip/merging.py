@@ -210,7 +210,7 @@ def _merge_rounds(tokens, sizes, budget, protected, lengths=None) -> Merged:
     while width > budget:
         most = min(width - budget, (width - protected) // 2)  # the longest row's merges; the width left: the same
         if lengths is None:
-            destination, keep = bipartite_soft_matching(merged.tokens, most, protected=protected)
+            step = bipartite_merge(merged.tokens, most, sizes=merged.sizes, protected=protected)
         else:
             num_merged = torch.minimum(lengths - budget, (lengths - protected) // 2).clamp_min(0)  # [B]
             destination, keep = bipartite_soft_matching(merged.tokens, num_merged, protected=protected, lengths=lengths)
@@ -218,8 +218,8 @@ def _merge_rounds(tokens, sizes, budget, protected, lengths=None) -> Merged:
             # and fills the rest of the width with its first filler tokens; the filler past it is dropped.
             dropped = torch.arange(width, device=tokens.device) >= width - most + num_merged[:, None]
             destination, keep = destination.masked_fill(dropped, -1), keep & ~dropped
-        step = merge_into(merged.tokens, merged.sizes, destination, keep, width - most)
-        if lengths is not None:  # a row merging nothing keeps its tokens as they were (not (s * x) / s)
+            step = merge_into(merged.tokens, merged.sizes, destination, keep, width - most)
+            # A row merging nothing keeps its tokens as they were (not (s * x) / s).
             idle = (num_merged == 0)[:, None, None]
             step = step._replace(tokens=torch.where(idle, merged.tokens[:, : width - most], step.tokens))
             lengths = lengths - num_merged

@@ -231,7 +231,7 @@ class CenterCLIPModel(CLIPModel):
         self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, bool]:
         """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]` and
-        whether any frame may be padding (eager: one host sync for both, none without a mask; compiled: no sync,
+        whether any frame may be padding (eager: one host sync, two only when a frame is padded, none without a mask; compiled: no sync,
         a mask is taken as possibly padded and the empty-video check is a graph op)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: videos as [batch, frames, 3, H, W] (see CenterCLIPProcessor)")
@@ -252,8 +252,10 @@ class CenterCLIPModel(CLIPModel):
                 f"[batch, frames] = {(batch, num_frames)}"
             )
         video_mask = video_mask.to(device=pixel_values.device, dtype=torch.bool)
-        check_video_mask(video_mask)
-        return video_mask, not known_all(video_mask)
+        has_padding = not known_all(video_mask)
+        if has_padding or num_frames == 0:  # an all-real mask (of frames) leaves no video empty: no second sync
+            check_video_mask(video_mask)
+        return video_mask, has_padding
 
     def _encode_frames(
         self,
