@@ -44,10 +44,12 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .storage import IVFPQ_PREFIX, write_faiss, write_json
+
 logger = logging.getLogger(__name__)
 
 KIND = "ivfpq"
-PREFIX = "ivfpq-"
+PREFIX = IVFPQ_PREFIX
 ADD_CHUNK = 200_000
 RERANK_STEPS = (10, 20, 50, 100, 200, 500, 1000)
 # 200 tuning queries measure recall@10 with a standard error of about 0.01: tune that much above the target,
@@ -82,16 +84,6 @@ def _quiet_stdout():
         libc.fflush(None)  # C stdio buffers what faiss printed: out to /dev/null before fd 1 comes back
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    _atomic(path, lambda tmp: tmp.write_text(json.dumps(data, indent=1)))
 
 
 def layout(count: int, dim: int) -> dict:
@@ -265,7 +257,7 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
                 handle.write(block.astype(np.float16).tobytes())
                 handle.flush()
                 os.fsync(handle.fileno())
-                _write_json(progress, {"rows": stop})
+                write_json(progress, {"rows": stop})
 
     # 2. train on a sample
     trained = folder / "trained.faiss"
@@ -290,7 +282,7 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
         index.pq.cp.seed = seed
         index.do_polysemous_training = False
         index.train(sample)
-        _atomic(trained, lambda tmp: faiss.write_index(index, str(tmp)))
+        write_faiss(trained, index)
         del sample, index
 
     # 3. codes in blocks: each block a file, so a killed build keeps the blocks it finished
@@ -306,7 +298,7 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
         index = faiss.read_index(str(trained))
         stop = min(start + chunk, count)
         index.add_with_ids(read_rows_f16(vectors, dim, start, stop), np.arange(start, stop, dtype=np.int64))
-        _atomic(path, lambda tmp: faiss.write_index(index, str(tmp)))
+        write_faiss(path, index)
         logger.info("%s: block %d (rows %d-%d) encoded", folder.name, number, start, stop)
         if os.environ.get(_PAUSE_ENV):
             time.sleep(float(os.environ[_PAUSE_ENV]))
@@ -319,7 +311,7 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
         index = faiss.read_index(str(trained))
         with _quiet_stdout():
             merge_ondisk(index, names, str(folder / "lists.ivfdata"))
-        _atomic(index_file, lambda tmp: faiss.write_index(index, str(tmp)))
+        write_faiss(index_file, index)
         del index
     shutil.rmtree(folder / "blocks", ignore_errors=True)
     build_s = time.perf_counter() - start_time
@@ -339,7 +331,7 @@ def build_compressed(folder: Path, count: int, dim: int, blocks: Callable[[], It
     settings = {"kind": KIND, "storage": "pq+float16", "ntotal": count, **shape, **tuned,
                 "target_recall_at_10": target, "tuning_queries": len(queries), "build_s": build_s,
                 "disk_bytes": disk, "file": f"{folder.name}/index.faiss"}  # fmt: skip
-    _write_json(done, settings)  # the build is complete
+    write_json(done, settings)  # the build is complete
     return settings
 
 

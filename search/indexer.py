@@ -18,7 +18,6 @@ deleted or changed files, builds the FAISS index and writes `manifest.json` last
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
 import time
@@ -184,15 +183,14 @@ def _plan(output: Path, spec: ModelSpec, source: str, corpus_options: dict, rebu
     new = source_entry(source, corpus_options)
     # A store's frames must be the ones this model's processor samples (fps, frame size).
     check_store_settings(source, spec.processor.fps, spec.processor.image_size, f"the model {spec.name!r}")
-    listings = {json.dumps(new, sort_keys=True): list_library(source, **corpus_options)}  # a bad source fails first
+    first = list_library(source, **corpus_options)  # a bad source fails first
     sources = _sources(output, spec, new, rebuild, add)
     videos, skipped, roots, seen = [], [], [], set()
     for entry in sources:
-        key = json.dumps(entry, sort_keys=True)
-        listing = listings[key] if key in listings else list_library(entry["source"], **entry["corpus_options"])
+        listing = first if entry == new else list_library(entry["source"], **entry["corpus_options"])
         videos += [video for video in listing.videos if video.path not in seen]
         seen.update(video.path for video in listing.videos)
-        skipped += [{**record, "root": listing.root} for record in listing.skipped]
+        skipped += listing.skipped
         roots.append(listing.root)
     if len(sources) > 1:
         videos = unique_ids(videos, "/")

@@ -46,7 +46,8 @@ ROW_COLUMNS = ("path", "video_id", "size", "mtime_ns", "caption", "metadata", "f
 # A run's index files: `index-<run>.faiss`, and any companion `index-<run>.<ext>` an index kind writes beside it.
 INDEX_FILE = re.compile(r"index-[A-Za-z0-9_-]+(\.[A-Za-z0-9_]+)+")
 # What a manifest's `index.file` may name: a run's FAISS file, or the compressed kind's folder (search/compressed.py).
-IVFPQ_FOLDER = re.compile(r"ivfpq-[0-9a-f]+")  # search.compressed's on-disk index, named by its inputs
+IVFPQ_PREFIX = "ivfpq-"  # search.compressed's on-disk index: a folder named by this and a key of its inputs
+IVFPQ_FOLDER = re.compile(IVFPQ_PREFIX + r"[0-9a-f]+")
 INDEX_PATH = re.compile(INDEX_FILE.pattern + "|" + IVFPQ_FOLDER.pattern + r"/index\.faiss")
 PART_FILE = re.compile(r"parts/[A-Za-z0-9_-]+\.parquet")
 REPAIR_HINT = "run `centerclip index SOURCE --model MODEL --output {dir} --rebuild` to repair it (good parts are kept)"
