@@ -453,6 +453,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.steps = args.steps or (2 if args.quick else 250)
     args.repeats = args.repeats or (1 if args.quick else 2)
     args.output_dir = args.output_dir.resolve()
+    args.output_dir.mkdir(parents=True, exist_ok=True)
     points = [p for p in GRID if not args.quick or p.name in QUICK_GRID]
     if args.points:
         points = [p for p in points if p.name.startswith("mean pooling") or p.reference or any(s in p.name for s in args.points)]
@@ -519,7 +520,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"\nPareto frontier: {front}")
     print(f"target (>= {1.3 * reference['speedup_b32']:.2f}x stock at B/32, t2v R@1 >= "
           f"{reference['t2v_r1_mean'] - reference['t2v_r1_std']:.1f}): {target or 'none in the grid'}")  # fmt: skip
-    args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "frontier.json").write_text(json.dumps(entries, indent=2))
     report = dict(entries=entries, pareto=front, target_met_by=target, stock=dict(b32=speed["b32"]["stock"], b16=speed["b16"]["stock"]),
                   train_batch=args.train_batch, runs=quality, training_free_runs=free, steps=args.steps,
