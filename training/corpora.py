@@ -522,6 +522,7 @@ def expand_captions(split):
 
 # Keyword arguments of `load_corpus` that scripts take as flags of the same names.
 CORPUS_KEYS = ("video_dir", "splits_dir", "captions_file", "data_json", "train_list")
+CORPUS_PATH_KEYS = CORPUS_KEYS[:-1]  # train_list is a name (9k / 7k), not a path
 
 
 def _check_loader_options(name: str, loader, options: dict) -> None:

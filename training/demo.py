@@ -92,12 +92,11 @@ def videos_per_second(model, processor, paths: list[str], repeats: int = 3) -> f
 
 def training_memory_mb(folder: Path, config: Path) -> float:
     """Live-tensor peak of one training step of the trained model at its config's batch and caption length."""
-    import yaml
-
     from modeling_centerclip import CenterCLIPModel
+    from training.config import read_config_file
     from training.tensor_memory import training_step_memory
 
-    settings = yaml.safe_load(config.read_text())
+    settings = read_config_file(str(config))
     model = CenterCLIPModel.from_pretrained(folder)
     return training_step_memory(model, settings["per_device_train_batch_size"], settings["max_words"])["peak_bytes"] / 2**20
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.cli_parsers import EXPORT_ONNX_ATOL as DEFAULT_ATOL, add_export_onnx_arguments
+from training.cli_errors import require_model_folder
+from training.cli_parsers import EXPORT_ONNX_ATOL as DEFAULT_ATOL, add_export_onnx_arguments, new_parser
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def run(args: argparse.Namespace) -> None:
 
     if args.batch < 1:
         raise ValueError(f"--batch {args.batch}: must be at least 1")
+    require_model_folder(args.model)
     if not Path(args.model).exists() and "/" not in args.model:
         raise FileNotFoundError(f"--model {args.model}: no such folder (and not a Hub id org/name)")
     model = CenterCLIPModel.from_pretrained(args.model)
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv=None) -> None:
     """`python -m training.export_onnx` (the same as `python -m training.publish export-onnx`)."""
-    parser = argparse.ArgumentParser(prog="python -m training.export_onnx", description=__doc__.split("\n")[0])
+    parser = new_parser(prog="python -m training.export_onnx", description=__doc__.split("\n")[0])
     add_export_onnx_arguments(parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

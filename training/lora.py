@@ -44,7 +44,7 @@ _VISION_LAYER = re.compile(r"(?:^|\.)vision_model\.encoder\.layers\.(\d+)\.")
 
 __all__ = ["DEFAULT_TARGET_MODULES", "DEFAULT_VISION_LAYERS", "VISION_LAYER_CHOICES", "add_lora", "check_lora_settings",
            "describe_targets", "is_adapter_folder", "load_adapter_model", "lora_enabled", "peft_section_to_flags",
-           "read_adapter_config", "trainable_parameter_count"]  # fmt: skip
+           "read_adapter_config"]  # fmt: skip
 
 
 def _require_peft():
@@ -177,7 +177,7 @@ def check_lora_settings(args) -> None:
                          "base with these settings first: CenterCLIPModel.from_pretrained(base, "
                          f"{changed[0]}=...).save_pretrained(folder)")  # fmt: skip
     if args.lora_adapter is not None:
-        for key in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "lora_vision_layers"):
+        for key in LORA_FLAGS[:-1]:  # all but lora_adapter itself
             if getattr(args, key) is not None:
                 fail(key, "the adapter given by lora_adapter brings its own settings; leave this unset")
         if not os.path.isdir(args.lora_adapter):
@@ -276,12 +276,6 @@ def add_lora(model, args):
         if args.lora_adapter is not None:
             return peft.PeftModel.from_pretrained(model, args.lora_adapter, is_trainable=True)
         return peft.get_peft_model(model, lora_config(args, model))
-
-
-def trainable_parameter_count(model) -> tuple[int, int]:
-    """(trainable, all) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def adapter_base(adapter_dir) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from huggingface_hub import ModelCard, ModelCardData
 
 from modeling_centerclip import CenterCLIPConfig
-from training.lora import describe_targets
+from training.lora import describe_targets, read_adapter_config
 
 # Text-video retrieval has no Hub pipeline of its own; the model maps text and video into one embedding space.
 PIPELINE_TAG = "feature-extraction"
@@ -292,7 +292,7 @@ def render_adapter_card(folder: str | os.PathLike, *, repo_id: str | None = None
     from safetensors import safe_open
 
     folder = Path(folder)
-    adapter = json.loads((folder / "adapter_config.json").read_text())
+    adapter = read_adapter_config(folder)
     with safe_open(str(folder / "adapter_model.safetensors"), framework="pt") as handle:
         trainable = sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
     base = adapter["base_model_name_or_path"]

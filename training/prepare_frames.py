@@ -34,7 +34,7 @@ from datasets import List
 from datasets.arrow_writer import ArrowWriter
 
 from training.cli_parsers import build_prepare_frames_parser
-from training.corpora import CORPORA, CORPUS_KEYS, load_corpus
+from training.corpora import CORPORA, CORPUS_KEYS, CORPUS_PATH_KEYS, load_corpus
 from training.frame_store import (
     CARD_FILE,
     STORE_FILE,
@@ -235,7 +235,7 @@ def prepare_frames(
     # Paths are recorded absolute: a resume that spells the source another way is the same store, and rows keep
     # their identity (`video`) from any working directory.
     settings = {"source": source if source in CORPORA else os.path.abspath(source),
-                "corpus_options": {key: os.path.abspath(value) if key in CORPUS_KEYS else value
+                "corpus_options": {key: os.path.abspath(value) if key in CORPUS_PATH_KEYS else value
                                    for key, value in corpus_options.items()},
                 "fps": fps, "size": size, "quality": quality}  # fmt: skip
     manifest = plan_store(corpus, settings, shard_size)
