@@ -75,3 +75,12 @@ def test_gpu_checks_script_runs_every_step_and_names_the_failed_ones(tmp_path):
     assert done.stdout.strip().endswith("failed steps: tests benchmark_speed benchmark_compile")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "benchmark_compile.log", "benchmark_speed.log", "clustering_cuda.log", "machine.txt", "tests.log"]
+
+
+def test_search_benchmark_quick_mode_measures_every_in_memory_kind(tmp_path):
+    """Part 1-3 of the search benchmark end to end on tiny shapes: ivfpq, built on disk, is part 4's."""
+    import benchmark_search
+
+    benchmark_search.main(["--quick", "--output_dir", str(tmp_path)])
+    report = json.loads((tmp_path / "search.json").read_text())
+    assert {row["kind"] for row in report["ann"]} == set(benchmark_search.IN_MEMORY_KINDS) == {"flat", "ivf", "hnsw"}
