@@ -231,8 +231,8 @@ class CenterCLIPModel(CLIPModel):
         self, pixel_values: torch.Tensor | None, video_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, bool]:
         """Validate the video inputs against each other and the config; returns the mask as bool `[B, T]` and
-        whether any frame may be padding (eager: one host sync, two only when a frame is padded, none without a mask; compiled: no sync,
-        a mask is taken as possibly padded and the empty-video check is a graph op)."""
+        whether any frame may be padding (eager: one host sync, two when a frame is padded, none without a mask;
+        compiled: no sync, a mask is taken as possibly padded and the empty-video check is a graph op)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required: videos as [batch, frames, 3, H, W] (see CenterCLIPProcessor)")
         if pixel_values.ndim != 5:
